@@ -1,0 +1,1 @@
+//! Dataset layouts, decoding and preprocessing.
