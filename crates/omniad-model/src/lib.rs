@@ -1,2 +1,7 @@
 //! Omni-AD network (ICME 2025, arXiv 2503.21125) on tch/libtorch.
-pub fn version() -> &'static str { tch::utils::has_cuda().then_some("cuda").unwrap_or("cpu") }
+//!
+//! - [`teacher`]: frozen ImageNet backbones (ResNet family, EfficientNet-Lite0) giving three
+//!   feature maps at strides 4, 8, 16.
+//! - [`weights`]: strict loading of `.safetensors` and PyTorch `.pth`/`.pt` state dicts.
+pub mod teacher;
+pub mod weights;

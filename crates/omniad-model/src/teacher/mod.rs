@@ -1,0 +1,1 @@
+//! Teacher backbones (being written).
