@@ -3,5 +3,21 @@
 //! - [`teacher`]: frozen ImageNet backbones (ResNet family, EfficientNet-Lite0) giving three
 //!   feature maps at strides 4, 8, 16.
 //! - [`weights`]: strict loading of `.safetensors` and PyTorch `.pth`/`.pt` state dicts.
+//! - [`neck`]: RD4AD-style fusion of the teacher maps into one `[B, 512, H/32, W/32]` map.
+//! - [`decoder`]: Omni-block decoder stages reconstructing the teacher maps.
+//! - [`anomaly_map`]: per-scale `1 - cos`, upsampling, Gaussian blur, image score.
+//! - [`model`]: the assembled [`OmniAd`] network, its loss and prediction.
+//! - [`config`]: architecture and ablation switches.
+pub mod anomaly_map;
+pub mod checkpoint;
+pub mod config;
+pub mod decoder;
+mod init;
+pub mod model;
+pub mod neck;
 pub mod teacher;
 pub mod weights;
+
+pub use config::{Branches, GlobalAttention, OmniAdConfig};
+pub use model::{OmniAd, Prediction};
+pub use teacher::{Teacher, TeacherArch};

@@ -1,0 +1,346 @@
+//! omniad's checkpoint format: a safetensors file of every weight (`net_t.*`, `Neck.*`,
+//! `net_s.*`, f32) plus a JSON file describing it (architecture, input size and normalisation,
+//! calibrated thresholds, training provenance) that records the SHA-256 of the weights file.
+//!
+//! Both files are written atomically (temporary file, fsync, rename, fsync of the folder) and the
+//! checksum is verified at load, so a truncated or altered checkpoint is refused instead of
+//! producing wrong scores.
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::OmniAdConfig;
+use crate::model::OmniAd;
+
+/// Value of [`CheckpointMeta::format`].
+pub const FORMAT: &str = "omniad-checkpoint";
+/// Current [`CheckpointMeta::version`].
+pub const VERSION: u32 = 1;
+
+/// Errors of checkpoint reading and writing. Every variant names the file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File concerned.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The JSON file is not a valid omniad checkpoint description.
+    #[error("{path}: not a valid omniad checkpoint description: {msg}")]
+    BadMeta {
+        /// File concerned.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The weights file does not have the checksum recorded in the JSON file.
+    #[error("{path}: checksum mismatch (file is truncated or altered): expected sha256 {expected}, found {found}")]
+    Checksum {
+        /// Weights file.
+        path: PathBuf,
+        /// Recorded checksum.
+        expected: String,
+        /// Checksum of the file on disk.
+        found: String,
+    },
+    /// The weights file cannot be parsed as safetensors.
+    #[error("{path}: unreadable weights: {msg}")]
+    BadWeights {
+        /// Weights file.
+        path: PathBuf,
+        /// Parser message.
+        msg: String,
+    },
+    /// The weights do not fit the architecture the JSON file describes.
+    #[error("{path}: weights do not match the architecture ({arch}):{details}")]
+    Mismatch {
+        /// Weights file.
+        path: PathBuf,
+        /// Short architecture description.
+        arch: String,
+        /// One line per missing, unexpected or mis-shaped tensor.
+        details: String,
+    },
+}
+
+/// Calibrated decision thresholds on the image score (filled by `omniad eval`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Threshold for all classes together.
+    pub global: Option<f64>,
+    /// Per-class thresholds.
+    #[serde(default)]
+    pub per_class: BTreeMap<String, f64>,
+    /// How they were chosen (e.g. "f1_max on test set", "p99.5 of normal scores").
+    #[serde(default)]
+    pub method: String,
+    /// Score normalisation: `(score - min) / (max - min)` with these bounds, from the
+    /// calibration set (normal-score percentiles); used for `normalised_score` in predictions.
+    #[serde(default)]
+    pub normalisation: Option<(f64, f64)>,
+}
+
+/// The JSON half of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Format version ([`VERSION`]).
+    pub version: u32,
+    /// Architecture.
+    pub config: OmniAdConfig,
+    /// Input normalisation `(mean, std)` per RGB channel, applied to `[0, 1]` pixels.
+    pub normalization: ([f32; 3], [f32; 3]),
+    /// File name (same folder) of the weights.
+    pub weights_file: String,
+    /// Lower-case hex SHA-256 of the weights file.
+    pub weights_sha256: String,
+    /// Calibrated thresholds, if evaluated.
+    #[serde(default)]
+    pub thresholds: Option<Thresholds>,
+    /// Training provenance (dataset, classes, epochs, seed, omniad version, ...), free-form.
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
+/// fsync of the folder. On error the temporary file is removed and `path` is untouched.
+///
+/// # Errors
+/// [`CheckpointError::Io`] naming `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(path))
+}
+
+/// Lower-case hex SHA-256 of a file.
+///
+/// # Errors
+/// [`CheckpointError::Io`] naming the file.
+pub fn sha256_file(path: &Path) -> Result<String, CheckpointError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serialises named tensors (converted to contiguous CPU f32/i64 as they are) to safetensors bytes.
+///
+/// # Errors
+/// [`CheckpointError::BadWeights`] if serialisation fails (names `path` for context).
+pub fn safetensors_bytes(tensors: &[(String, Tensor)], path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    let tmp = tempfile_in(path)?;
+    let owned: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous()))
+        .collect();
+    let res = Tensor::write_safetensors(&owned, &tmp)
+        .map_err(|e| CheckpointError::BadWeights {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
+        .and_then(|_| fs::read(&tmp).map_err(io_err(path)));
+    let _ = fs::remove_file(&tmp);
+    res
+}
+
+fn tempfile_in(path: &Path) -> Result<PathBuf, CheckpointError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(dir.join(format!(".{name}.ser-{}", std::process::id())))
+}
+
+/// Saves `model` as `<dir>/<stem>.safetensors` + `<dir>/<stem>.json` and returns the JSON path.
+///
+/// `thresholds` and `provenance` go into the JSON as given.
+///
+/// # Errors
+/// I/O errors naming the file; the previous checkpoint of the same stem stays intact if the
+/// weights cannot be written.
+pub fn save(
+    model: &OmniAd,
+    dir: &Path,
+    stem: &str,
+    thresholds: Option<Thresholds>,
+    provenance: serde_json::Value,
+) -> Result<PathBuf, CheckpointError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let weights_file = format!("{stem}.safetensors");
+    let wpath = dir.join(&weights_file);
+    let bytes = safetensors_bytes(&model.named_tensors(), &wpath)?;
+    let sha = hex(&Sha256::digest(&bytes));
+    write_atomic(&wpath, &bytes)?;
+    let meta = CheckpointMeta {
+        format: FORMAT.into(),
+        version: VERSION,
+        config: model.cfg.clone(),
+        normalization: model.cfg.teacher.normalization(),
+        weights_file,
+        weights_sha256: sha,
+        thresholds,
+        provenance,
+    };
+    let jpath = dir.join(format!("{stem}.json"));
+    write_meta(&jpath, &meta)?;
+    Ok(jpath)
+}
+
+/// Writes a checkpoint description atomically (e.g. after calibrating thresholds).
+///
+/// # Errors
+/// I/O errors naming the file.
+pub fn write_meta(path: &Path, meta: &CheckpointMeta) -> Result<(), CheckpointError> {
+    let text = serde_json::to_string_pretty(meta).map_err(|e| CheckpointError::BadMeta {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Reads and validates a checkpoint description.
+///
+/// # Errors
+/// [`CheckpointError::Io`] if unreadable, [`CheckpointError::BadMeta`] if it is not an omniad
+/// checkpoint JSON of a supported version or its architecture is invalid.
+pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let bad = |msg: String| CheckpointError::BadMeta {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if meta.format != FORMAT {
+        return Err(bad(format!("format is {:?}, expected {FORMAT:?}", meta.format)));
+    }
+    if meta.version != VERSION {
+        return Err(bad(format!(
+            "version {} is not supported (this omniad reads version {VERSION})",
+            meta.version
+        )));
+    }
+    meta.config.validate().map_err(bad)?;
+    if meta.weights_file.contains('/') || meta.weights_file.contains('\\') {
+        return Err(bad(format!("weights_file {:?} must be a file name in the same folder", meta.weights_file)));
+    }
+    Ok(meta)
+}
+
+/// Loads a checkpoint from its JSON file onto `device`: verifies the checksum, builds the
+/// architecture and assigns every tensor (strict: missing, unexpected and mis-shaped tensors are
+/// all reported).
+///
+/// # Errors
+/// See [`CheckpointError`]; each names the file.
+pub fn load(json_path: &Path, device: Device) -> Result<(OmniAd, CheckpointMeta), CheckpointError> {
+    let meta = read_meta(json_path)?;
+    let wpath = json_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&meta.weights_file);
+    let found = sha256_file(&wpath)?;
+    if found != meta.weights_sha256 {
+        return Err(CheckpointError::Checksum {
+            path: wpath,
+            expected: meta.weights_sha256.clone(),
+            found,
+        });
+    }
+    let tensors = Tensor::read_safetensors(&wpath).map_err(|e| CheckpointError::BadWeights {
+        path: wpath.clone(),
+        msg: e.to_string(),
+    })?;
+    let mut model = OmniAd::new(&meta.config, device).map_err(|msg| CheckpointError::BadMeta {
+        path: json_path.to_path_buf(),
+        msg,
+    })?;
+    assign_all(&mut model, tensors).map_err(|details| CheckpointError::Mismatch {
+        path: wpath.clone(),
+        arch: format!("teacher {}, depths {:?}", meta.config.teacher, meta.config.depths),
+        details,
+    })?;
+    Ok((model, meta))
+}
+
+/// Copies `tensors` into the model's variables (teacher and student stores), strictly.
+/// Nothing is copied unless every name and shape matches.
+///
+/// # Errors
+/// A multi-line list of missing, unexpected and mis-shaped tensors with their shapes.
+pub fn assign_all(model: &mut OmniAd, tensors: Vec<(String, Tensor)>) -> Result<(), String> {
+    let mut vars = model.teacher_vs.variables();
+    vars.extend(model.vs.variables());
+    let mut given: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    let mut problems = Vec::new();
+    for (name, var) in &vars {
+        match given.get(name) {
+            None => problems.push(format!("\n  missing: {name} {:?}", var.size())),
+            Some(t) if t.size() != var.size() => problems.push(format!(
+                "\n  mis-shaped: {name}: expected {:?}, found {:?}",
+                var.size(),
+                t.size()
+            )),
+            _ => {}
+        }
+    }
+    for (name, t) in &given {
+        if !vars.contains_key(name) {
+            problems.push(format!("\n  unexpected: {name} {:?}", t.size()));
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort();
+        return Err(problems.concat());
+    }
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            if let Some(src) = given.remove(&name) {
+                let mut var = var;
+                var.copy_(&src.to_kind(Kind::Float).to_device(var.device()));
+            }
+        }
+    });
+    Ok(())
+}

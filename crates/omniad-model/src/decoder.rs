@@ -1,0 +1,320 @@
+//! Omni-block decoder (reference `model/omniad.py`: `ToProxy2`, `Attention`, `Mlp`, `DWConv`,
+//! `OmniBlock`, `OmniBlockWrapper`, `PatchExpand2D`, `DecoderStage`, `Decoder`).
+//!
+//! Tensors inside the decoder are channels-last `[B, H, W, C]` like the reference.
+//! Deviation from the reference code: its `Attention` builds an `Mlp` inside `forward`, so that
+//! MLP is random on every call and never trained. Here each block owns two learned MLPs,
+//! `toProxy.ffn1` (after the learnable queries attend over the image tokens) and `toProxy.ffn2`
+//! (after the image tokens attend over the learnable key/value tokens), as the paper intends.
+use tch::nn;
+use tch::{Kind, Tensor};
+
+use crate::config::{Branches, GlobalAttention, OmniAdConfig};
+use crate::init::{conv2d, linear};
+
+/// `InstanceNorm2d` without affine parameters or running stats (PyTorch default), on `[B, C, H, W]`.
+fn instance_norm(x: &Tensor) -> Tensor {
+    x.instance_norm::<Tensor>(None, None, None, None, true, 0.1, 1e-5, false)
+}
+
+/// Two-layer MLP `fc2(SiLU(fc1(x)))` with hidden width = width (reference `Mlp(h*c)`).
+#[derive(Debug)]
+struct Mlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl Mlp {
+    fn new(p: &nn::Path, dim: i64) -> Self {
+        Self {
+            fc1: linear(p / "fc1", dim, dim, true),
+            fc2: linear(p / "fc2", dim, dim, true),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.apply(&self.fc1).silu().apply(&self.fc2)
+    }
+}
+
+/// `[B, N, C]` -> `[B, heads, N, C/heads]`.
+fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+    let (b, n, c) = x.size3().expect("split_heads expects [B, N, C]");
+    x.reshape([b, n, heads, c / heads]).permute([0, 2, 1, 3])
+}
+
+/// `[B, heads, N, d]` -> `[B, N, heads*d]`.
+fn merge_heads(x: &Tensor) -> Tensor {
+    let (b, h, n, d) = x.size4().expect("merge_heads expects [B, h, N, d]");
+    x.permute([0, 2, 1, 3]).reshape([b, n, h * d])
+}
+
+/// `softmax(q k^T / sqrt(d)) + bias`, then `@ v` (reference `Attention.forward`: the learned bias
+/// is added AFTER the softmax). `q: [B,h,Nq,d]`, `k, v: [B,h,Nk,d]`, `bias` broadcastable to
+/// `[B,h,Nq,Nk]`. Returns `[B,h,Nq,d]`.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let d = q.size()[3];
+    let scale = (d as f64).powf(-0.5);
+    let score = (q.matmul(&k.transpose(-1, -2)) * scale).softmax(-1, Kind::Float);
+    let score = match bias {
+        Some(b) => score + b,
+        None => score,
+    };
+    score.matmul(v)
+}
+
+/// Global branch (reference `ToProxy2`, state-dict prefix `toProxy`).
+#[derive(Debug)]
+struct ToProxy {
+    heads: i64,
+    attention: GlobalAttention,
+    num_tokens: i64,
+    learnable_q: Option<Tensor>,
+    learnable_kv: Option<Tensor>,
+    q: nn::Linear,
+    kv_x: nn::Linear,
+    kv_y: Option<nn::Linear>,
+    q_2: Option<nn::Linear>,
+    pe1: Option<Tensor>,
+    pe2: Option<Tensor>,
+    ffn1: Mlp,
+    ffn2: Option<Mlp>,
+}
+
+impl ToProxy {
+    fn new(p: &nn::Path, dim: i64, cfg: &OmniAdConfig) -> Self {
+        let heads = cfg.heads;
+        let n = cfg.num_tokens;
+        let tokens = cfg.attention == GlobalAttention::LearnableTokens;
+        let z = nn::Init::Const(0.0);
+        Self {
+            heads,
+            attention: cfg.attention,
+            num_tokens: n,
+            learnable_q: tokens.then(|| p.var("learnable_q", &[1, n, dim], z)),
+            learnable_kv: tokens.then(|| p.var("learnable_kv", &[1, n, dim], z)),
+            q: linear(p / "q", dim, dim, true),
+            kv_x: linear(p / "kv_x", dim, 2 * dim, true),
+            kv_y: tokens.then(|| linear(p / "kv_y", dim, 2 * dim, true)),
+            q_2: tokens.then(|| linear(p / "q_2", dim, dim, true)),
+            pe1: tokens.then(|| p.var("pe1", &[1, heads, 1, n], z)),
+            pe2: tokens.then(|| p.var("pe2", &[1, heads, n, 1], z)),
+            ffn1: Mlp::new(&(p / "ffn1"), dim),
+            ffn2: tokens.then(|| Mlp::new(&(p / "ffn2"), dim)),
+        }
+    }
+
+    /// `x: [B, H, W, C]` -> `[B, H, W, C]` (residuals included, as in the reference).
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, h, w, c) = x.size4().expect("ToProxy expects [B, H, W, C]");
+        let heads = self.heads;
+        match self.attention {
+            GlobalAttention::SelfAttention => {
+                let tokens = x.reshape([b, h * w, c]);
+                let q = split_heads(&tokens.apply(&self.q), heads);
+                let kv = tokens.apply(&self.kv_x).chunk(2, -1);
+                let k = split_heads(&kv[0], heads);
+                let v = split_heads(&kv[1], heads);
+                let out = self.ffn1.forward(&merge_heads(&attend(&q, &k, &v, None)));
+                out.reshape([b, h, w, c]) + x
+            }
+            GlobalAttention::LearnableTokens => {
+                let (Some(lq), Some(lkv), Some(kv_y), Some(q_2), Some(pe1), Some(pe2), Some(ffn2)) = (
+                    &self.learnable_q,
+                    &self.learnable_kv,
+                    &self.kv_y,
+                    &self.q_2,
+                    &self.pe1,
+                    &self.pe2,
+                    &self.ffn2,
+                ) else {
+                    unreachable!("learnable-token parameters are built with this attention kind")
+                };
+                let n = self.num_tokens;
+                let side = (n as f64).sqrt().round() as i64;
+                // 1) learnable queries attend over the image tokens.
+                let q = split_heads(&lq.apply(&self.q), heads).expand([b, heads, n, c / heads], false);
+                let kv = x.reshape([b, h * w, c]).apply(&self.kv_x).chunk(2, -1);
+                let k = split_heads(&kv[0], heads);
+                let v = split_heads(&kv[1], heads);
+                let out = self.ffn1.forward(&merge_heads(&attend(&q, &k, &v, Some(pe2))));
+                // [B, n, C] -> [B, C, side, side] -> nearest to (H, W) -> [B, H, W, C]
+                let out = out
+                    .reshape([b, side, side, c])
+                    .permute([0, 3, 1, 2])
+                    .upsample_nearest2d([h, w], None, None)
+                    .permute([0, 2, 3, 1]);
+                let mskip = out + x;
+                // 2) image tokens attend over learnable key/value tokens.
+                let q = split_heads(&mskip.reshape([b, h * w, c]).apply(q_2), heads);
+                let kv = lkv.apply(kv_y).chunk(2, -1);
+                let k = split_heads(&kv[0], heads);
+                let v = split_heads(&kv[1], heads);
+                let out = ffn2.forward(&merge_heads(&attend(&q, &k, &v, Some(pe1))));
+                out.reshape([b, h, w, c]) + mskip + x
+            }
+        }
+    }
+}
+
+/// Depthwise conv + InstanceNorm + SiLU, then pointwise conv + InstanceNorm + SiLU
+/// (reference `DWConv`). `[B, C, H, W]` -> `[B, C, H, W]`.
+#[derive(Debug)]
+struct DwConv {
+    dconv: nn::Conv2D,
+    pconv: nn::Conv2D,
+}
+
+impl DwConv {
+    fn new(p: &nn::Path, dim: i64, k: i64) -> Self {
+        Self {
+            dconv: conv2d(p / "dconv" / 0, dim, dim, k, 1, k / 2, dim, true),
+            pconv: conv2d(p / "pconv" / 0, dim, dim, 1, 1, 0, 1, true),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = instance_norm(&x.apply(&self.dconv)).silu();
+        instance_norm(&y.apply(&self.pconv)).silu()
+    }
+}
+
+/// Local branch: `conv33`, `conv55` and the fusing 1x1 conv `mlp.0`.
+#[derive(Debug)]
+struct LocalBranch {
+    conv33: DwConv,
+    conv55: DwConv,
+    mlp: nn::Conv2D,
+}
+
+/// One Omni-block (reference `OmniBlock`): `x + l2(SiLU(IN(l(global(x) + local(x)))))`.
+#[derive(Debug)]
+pub struct OmniBlock {
+    global: Option<ToProxy>,
+    local: Option<LocalBranch>,
+    l: nn::Linear,
+    l2: nn::Linear,
+}
+
+impl OmniBlock {
+    /// Builds the block under `p` (e.g. `net_s.layers_up.0.blocks.0.blocks.0`) for width `dim`.
+    pub fn new(p: &nn::Path, dim: i64, cfg: &OmniAdConfig) -> Self {
+        let global = (cfg.branches != Branches::LocalOnly).then(|| ToProxy::new(&(p / "toProxy"), dim, cfg));
+        let local = (cfg.branches != Branches::GlobalOnly).then(|| LocalBranch {
+            conv33: DwConv::new(&(p / "conv33"), dim, 3),
+            conv55: DwConv::new(&(p / "conv55"), dim, 5),
+            mlp: conv2d(p / "mlp" / 0, 2 * dim, dim, 1, 1, 0, 1, true),
+        });
+        Self {
+            global,
+            local,
+            l: linear(p / "l", dim, dim, true),
+            l2: linear(p / "l2", dim, dim, true),
+        }
+    }
+
+    /// `x: [B, H, W, C]` -> `[B, H, W, C]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let local = self.local.as_ref().map(|lb| {
+            let xc = x.permute([0, 3, 1, 2]);
+            let y = Tensor::cat(&[lb.conv33.forward(&xc), lb.conv55.forward(&xc)], 1);
+            instance_norm(&y.apply(&lb.mlp)).silu().permute([0, 2, 3, 1])
+        });
+        let global = self.global.as_ref().map(|g| g.forward(x));
+        let fused = match (global, local) {
+            (Some(g), Some(l)) => g + l,
+            (Some(g), None) => g,
+            (None, Some(l)) => l,
+            (None, None) => unreachable!("at least one branch is built"),
+        };
+        let y = instance_norm(&fused.apply(&self.l).permute([0, 3, 1, 2]))
+            .silu()
+            .permute([0, 2, 3, 1]);
+        y.apply(&self.l2) + x
+    }
+}
+
+/// Upsampling between decoder stages (reference `PatchExpand2D`): `Linear(C_in, 4*C_out, no
+/// bias)`, 2x2 pixel shuffle, `LayerNorm(C_out)`. `[B, H, W, C_in]` -> `[B, 2H, 2W, C_out]`.
+/// With ResNet34 `C_in = 2*C_out`, the reference's `Linear(2d, 4d)`.
+#[derive(Debug)]
+pub struct PatchExpand {
+    expand: nn::Linear,
+    norm: nn::LayerNorm,
+    c_out: i64,
+}
+
+impl PatchExpand {
+    /// Builds the layer under `p` (`...upsample`).
+    pub fn new(p: &nn::Path, c_in: i64, c_out: i64) -> Self {
+        Self {
+            expand: linear(p / "expand", c_in, 4 * c_out, false),
+            norm: nn::layer_norm(p / "norm", vec![c_out], Default::default()),
+            c_out,
+        }
+    }
+
+    /// See the type docs.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, h, w, _) = x.size4().expect("PatchExpand expects [B, H, W, C]");
+        let c = self.c_out;
+        x.apply(&self.expand)
+            .reshape([b, h, w, 2, 2, c])
+            .permute([0, 1, 3, 2, 4, 5])
+            .reshape([b, 2 * h, 2 * w, c])
+            .apply(&self.norm)
+    }
+}
+
+/// One decoder stage: optional [`PatchExpand`] then `depth` Omni-blocks.
+#[derive(Debug)]
+struct Stage {
+    upsample: Option<PatchExpand>,
+    blocks: Vec<OmniBlock>,
+}
+
+/// The student decoder (reference `Decoder`, state-dict prefix `net_s`).
+///
+/// Input: neck output `[B, C0, h, w]` (`C0` = 512, `h = H/32`). Output: three reconstructions in
+/// teacher order, `[B, c1, H/4, W/4]`, `[B, c2, H/8, W/8]`, `[B, c3, H/16, W/16]`, taken after
+/// stages 3, 2, 1 (stage 0 works at the neck's resolution and is not output).
+#[derive(Debug)]
+pub struct Decoder {
+    stages: Vec<Stage>,
+}
+
+impl Decoder {
+    /// Builds the decoder under `p` with widths `cfg.stage_dims()` and depths `cfg.depths`.
+    pub fn new(p: &nn::Path, cfg: &OmniAdConfig) -> Self {
+        let dims = cfg.stage_dims();
+        let layers = p / "layers_up";
+        let stages = (0..4)
+            .map(|i| {
+                let sp = &layers / i;
+                let upsample = (i > 0).then(|| PatchExpand::new(&(&sp / "upsample"), dims[i - 1], dims[i]));
+                let blocks = (0..cfg.depths[i])
+                    .map(|j| OmniBlock::new(&(&sp / "blocks" / j / "blocks" / 0), dims[i], cfg))
+                    .collect();
+                Stage { upsample, blocks }
+            })
+            .collect();
+        Self { stages }
+    }
+
+    /// See the type docs. `x: [B, C0, h, w]` (channels-first, as the neck returns it).
+    pub fn forward(&self, x: &Tensor) -> Vec<Tensor> {
+        let mut x = x.permute([0, 2, 3, 1]);
+        let mut outs = Vec::with_capacity(3);
+        for (i, stage) in self.stages.iter().enumerate() {
+            if let Some(up) = &stage.upsample {
+                x = up.forward(&x);
+            }
+            for block in &stage.blocks {
+                x = block.forward(&x);
+            }
+            if i > 0 {
+                outs.push(x.permute([0, 3, 1, 2]));
+            }
+        }
+        outs.reverse();
+        outs
+    }
+}
