@@ -1,1 +1,613 @@
-fn main() {}
+//! `omniad`: multi-class unsupervised anomaly detection with Omni-AD (ICME 2025).
+//!
+//! Every subcommand ends with a one-line error and a non-zero exit status on bad input.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use omniad_data::DatasetKind;
+use omniad_metrics::MetricOptions;
+use omniad_model::{Branches, GlobalAttention, OmniAd, OmniAdConfig, TeacherArch};
+use omniad_pipeline::config::{FeatureCache, TrainConfig};
+use omniad_pipeline::demo::{run_demo, DemoConfig};
+use omniad_pipeline::eval::{dataset_for_run, eval_run, EvalOptions};
+use omniad_pipeline::predict::{collect_inputs, predict_run, PredictOptions};
+use omniad_pipeline::{train, TrainOptions};
+
+mod bench;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "omniad",
+    version,
+    about = "Multi-class unsupervised anomaly detection with Omni-AD (ICME 2025)"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// CPU threads for libtorch (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<i32>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a synthetic dataset, train one model on all its classes, evaluate (offline, minutes).
+    Demo(DemoArgs),
+    /// Write the deterministic synthetic multi-class anomaly dataset (MVTec-AD layout).
+    Synth(SynthArgs),
+    /// Train one Omni-AD model on all classes of a dataset.
+    Train(Box<TrainArgs>),
+    /// Evaluate a run on a test split: metrics per class and mean, thresholds.
+    Eval(EvalArgs),
+    /// Score images with a trained run: JSON lines, heatmap overlays, masks.
+    Predict(PredictArgs),
+    /// Score anomaly maps produced by any tool (safetensors: anomaly_maps, masks, image_scores, labels).
+    Metrics(MetricsArgs),
+    /// Architecture summary and parameter counts.
+    Info(InfoArgs),
+    /// Benchmarks: metrics speed, inference and training throughput.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Folder for the dataset and the run (default: a new folder under the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Epochs (default 30).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Seed of data and training.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// A much smaller run (fewer images and epochs) for smoke tests; lower accuracy.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Args, Debug)]
+struct SynthArgs {
+    /// Output folder (created; must be empty or a previous synth output).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 256)]
+    size: u32,
+    #[arg(long, default_value_t = 40)]
+    train_per_class: usize,
+    #[arg(long, default_value_t = 15)]
+    test_good_per_class: usize,
+    #[arg(long, default_value_t = 25)]
+    test_defect_per_class: usize,
+    /// Only these classes (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// TOML configuration file (keys as in the run folder's config.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dataset layout: mvtec, visa, realiad, loco, btad, mpdd, folder.
+    #[arg(long)]
+    dataset: Option<DatasetKind>,
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Train on these classes only (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+    /// Teacher: resnet18, resnet34 (paper), resnet50, wide_resnet50_2, efficientnet_lite0 (offline default).
+    #[arg(long)]
+    teacher: Option<TeacherArch>,
+    /// Teacher ImageNet weights (.safetensors or .pth from timm/torchvision).
+    #[arg(long)]
+    teacher_weights: Option<PathBuf>,
+    /// Run folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Decoder depths, e.g. 3,9,9,7.
+    #[arg(long, value_delimiter = ',')]
+    depths: Option<Vec<usize>>,
+    #[arg(long)]
+    image_size: Option<u32>,
+    /// Ablation: both, global_only, local_only.
+    #[arg(long, value_parser = parse_branches)]
+    branches: Option<Branches>,
+    /// Ablation: learnable_tokens, self_attention.
+    #[arg(long, value_parser = parse_attention)]
+    attention: Option<GlobalAttention>,
+    /// Learnable tokens (a perfect square).
+    #[arg(long)]
+    num_tokens: Option<i64>,
+    #[arg(long)]
+    jitter_scale: Option<f64>,
+    /// Teacher-feature cache: memory, memory_f16, none.
+    #[arg(long, value_parser = parse_cache)]
+    feature_cache: Option<FeatureCache>,
+    /// Evaluate every K epochs (0 = off).
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Checkpoint every K epochs (0 = only at the end / on Ctrl-C).
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Continue the run in --out from its last checkpoint (its config.toml is used).
+    #[arg(long)]
+    resume: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Run folder (with model.json).
+    #[arg(long)]
+    run: PathBuf,
+    /// Dataset layout (default: the one the run was trained on).
+    #[arg(long)]
+    dataset: Option<DatasetKind>,
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Write anomaly maps per class into <run>/maps (readable by `omniad metrics`).
+    #[arg(long)]
+    save_maps: bool,
+    /// Also compute the ADer-compatible variants.
+    #[arg(long)]
+    ader: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    /// Run folder (with model.json).
+    #[arg(long)]
+    run: PathBuf,
+    /// Image files or folders.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Write heatmap overlays and masks here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Decision threshold on the image score (default: the calibrated one).
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Use this class's calibrated threshold.
+    #[arg(long)]
+    class: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+}
+
+#[derive(Args, Debug)]
+struct MetricsArgs {
+    /// Safetensors file: anomaly_maps f32 [N,H,W], masks u8 [N,H,W], image_scores f32 [N], labels u8 [N], optional class_ids [N].
+    file: PathBuf,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    /// Also compute the ADer-compatible variants.
+    #[arg(long)]
+    ader: bool,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    /// Teacher backbone.
+    #[arg(long, default_value = "resnet34")]
+    teacher: TeacherArch,
+    /// Decoder depths.
+    #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
+    depths: Vec<usize>,
+    /// Show a run's checkpoint description instead.
+    #[arg(long)]
+    run: Option<PathBuf>,
+}
+
+fn parse_branches(s: &str) -> Result<Branches, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?}: use both, global_only or local_only"))
+}
+fn parse_attention(s: &str) -> Result<GlobalAttention, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?}: use learnable_tokens or self_attention"))
+}
+fn parse_cache(s: &str) -> Result<FeatureCache, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?}: use memory, memory_f16 or none"))
+}
+
+fn depths4(v: &[usize]) -> Result<[usize; 4]> {
+    match v {
+        [a, b, c, d] => Ok([*a, *b, *c, *d]),
+        _ => bail!(
+            "--depths needs 4 comma-separated numbers (e.g. 3,9,9,7), got {}",
+            v.len()
+        ),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    if let Some(t) = cli.threads {
+        tch::set_num_threads(t);
+    }
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Demo(a) => demo(a),
+        Command::Synth(a) => synth(a),
+        Command::Train(a) => train_cmd(*a),
+        Command::Eval(a) => eval_cmd(a),
+        Command::Predict(a) => predict_cmd(a),
+        Command::Metrics(a) => metrics_cmd(a),
+        Command::Info(a) => info_cmd(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let dir = match a.dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("omniad-demo-{}", std::process::id())),
+    };
+    let mut cfg = DemoConfig::standard(&dir);
+    cfg.device = a.device;
+    cfg.seed = a.seed;
+    if a.quick {
+        cfg.synth.train_per_class = 16;
+        cfg.synth.test_good_per_class = 6;
+        cfg.synth.test_defect_per_class = 8;
+        cfg.epochs = 8;
+    }
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    eprintln!("omniad demo — {}", cfg.describe());
+    let out = run_demo(&cfg)?;
+    println!("{}", out.eval.report.to_table());
+    for w in &out.eval.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "time: data {:.0}s, training {:.0}s ({:.1} img/s, teacher cache {:.0}s), evaluation {:.0}s",
+        out.seconds.0,
+        out.seconds.1,
+        out.train.images_per_sec,
+        out.train.cache_seconds,
+        out.seconds.2
+    );
+    println!("dataset:  {}", out.data_dir.display());
+    println!(
+        "run:      {}  (model.json, config.toml, train_log.jsonl)",
+        out.run_dir.display()
+    );
+    println!(
+        "metrics:  {}  and metrics.csv",
+        out.run_dir.join("metrics.json").display()
+    );
+    println!(
+        "maps:     {}  (score again with `omniad metrics FILE`)",
+        out.maps_dir.display()
+    );
+    println!(
+        "heatmaps: omniad predict --run {} --out {} {}",
+        out.run_dir.display(),
+        out.run_dir.join("heatmaps").display(),
+        out.data_dir.join("<class>/test").display()
+    );
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> Result<()> {
+    let cfg = omniad_synth::SynthConfig {
+        seed: a.seed,
+        size: a.size,
+        train_per_class: a.train_per_class,
+        test_good_per_class: a.test_good_per_class,
+        test_defect_per_class: a.test_defect_per_class,
+        classes: a.classes,
+    };
+    let summary = omniad_synth::generate(&a.out, &cfg)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let mut cfg = if a.resume {
+        let out = a.out.clone().context("--resume needs --out RUN_DIR")?;
+        let path = out.join("config.toml");
+        if !path.is_file() {
+            bail!("{}: no config.toml, nothing to resume", out.display());
+        }
+        TrainConfig::from_toml_file(&path).map_err(anyhow::Error::msg)?
+    } else if let Some(p) = &a.config {
+        TrainConfig::from_toml_file(p).map_err(anyhow::Error::msg)?
+    } else {
+        TrainConfig::default()
+    };
+    if !a.resume {
+        if let Some(v) = a.dataset {
+            cfg.dataset = v;
+        }
+        if let Some(v) = a.data_root {
+            cfg.data_root = v;
+        }
+        if let Some(v) = a.classes {
+            cfg.classes = Some(v);
+        }
+        if let Some(v) = a.teacher {
+            cfg.teacher = v;
+        }
+        if let Some(v) = a.teacher_weights {
+            cfg.teacher_weights = Some(v);
+        }
+        if let Some(v) = a.out {
+            cfg.out = v;
+        }
+        if let Some(v) = a.epochs {
+            cfg.epochs = v;
+        }
+        if let Some(v) = a.batch_size {
+            cfg.batch_size = v;
+        }
+        if let Some(v) = a.lr {
+            cfg.optim.lr = v;
+        }
+        if let Some(v) = a.weight_decay {
+            cfg.optim.weight_decay = v;
+        }
+        if let Some(v) = a.seed {
+            cfg.seed = v;
+        }
+        if let Some(v) = a.depths {
+            cfg.depths = depths4(&v)?;
+        }
+        if let Some(v) = a.image_size {
+            cfg.image_size = v;
+        }
+        if let Some(v) = a.branches {
+            cfg.branches = v;
+        }
+        if let Some(v) = a.attention {
+            cfg.attention = v;
+        }
+        if let Some(v) = a.num_tokens {
+            cfg.num_tokens = v;
+        }
+        if let Some(v) = a.jitter_scale {
+            cfg.jitter_scale = v;
+        }
+        if let Some(v) = a.feature_cache {
+            cfg.feature_cache = v;
+        }
+        if let Some(v) = a.eval_every {
+            cfg.eval_every = v;
+        }
+        if let Some(v) = a.save_every {
+            cfg.save_every = v;
+        }
+        if cfg.data_root.as_os_str().is_empty() {
+            bail!("--data-root is required (or data_root in --config)");
+        }
+        if !cfg.data_root.is_dir() {
+            bail!("{}: data root folder not found", cfg.data_root.display());
+        }
+    }
+    if let Some(v) = a.device {
+        cfg.device = v;
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond Ctrl-C: exiting without saving");
+                std::process::exit(130);
+            }
+            eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to abort)");
+        });
+    }
+    let outcome = train(
+        &cfg,
+        &TrainOptions {
+            resume: a.resume,
+            progress: !a.quiet,
+            interrupt: Some(interrupt),
+            max_steps: None,
+        },
+    )?;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted: resume with `omniad train --resume --out {}`",
+            outcome.run_dir.display()
+        );
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    let ds = dataset_for_run(
+        &a.run,
+        a.dataset,
+        a.data_root.as_deref(),
+        a.classes.as_deref(),
+    )?;
+    let opts = EvalOptions {
+        metrics: MetricOptions {
+            ader: a.ader,
+            ..Default::default()
+        },
+        batch_size: a.batch_size,
+        save_maps: a.save_maps.then(|| a.run.join("maps")),
+        progress: !a.json,
+    };
+    let out = eval_run(&a.run, &ds, &a.device, &opts)?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out.report.to_json())?);
+    } else {
+        println!("{}", out.report.to_table());
+        println!(
+            "metrics: {} and metrics.csv; thresholds stored in model.json",
+            a.run.join("metrics.json").display()
+        );
+    }
+    Ok(())
+}
+
+fn predict_cmd(a: PredictArgs) -> Result<()> {
+    let inputs = collect_inputs(&a.paths)?;
+    let opts = PredictOptions {
+        threshold: a.threshold,
+        per_class: a.class,
+        out: a.out,
+        batch_size: a.batch_size.max(1),
+        alpha: 0.5,
+    };
+    predict_run(&a.run, &inputs, &a.device, &opts, |rec| {
+        println!("{}", serde_json::to_string(rec)?);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn metrics_cmd(a: MetricsArgs) -> Result<()> {
+    let opts = MetricOptions {
+        ader: a.ader,
+        ..Default::default()
+    };
+    let report = omniad_metrics::evaluate_file(&a.file, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        println!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+fn info_cmd(a: InfoArgs) -> Result<()> {
+    if let Some(run) = a.run {
+        let ckpt = omniad_pipeline::train::checkpoint_of(&run)?;
+        let meta = omniad_model::checkpoint::read_meta(&ckpt)?;
+        println!("{}", serde_json::to_string_pretty(&meta)?);
+        return Ok(());
+    }
+    let cfg = OmniAdConfig {
+        teacher: a.teacher,
+        depths: depths4(&a.depths)?,
+        ..OmniAdConfig::paper()
+    };
+    let model = OmniAd::new(&cfg, tch::Device::Cpu).map_err(anyhow::Error::msg)?;
+    print_info(&model);
+    Ok(())
+}
+
+fn print_info(model: &OmniAd) {
+    let cfg = &model.cfg;
+    let (trainable, frozen) = model.num_params();
+    let [c1, c2, c3] = cfg.teacher.channels();
+    let (h, w) = cfg.image_size;
+    println!("Omni-AD (ICME 2025)");
+    println!("  input           [B, 3, {h}, {w}]");
+    println!("  teacher         {} (frozen, BatchNorm eval): [B,{c1},{},{}] [B,{c2},{},{}] [B,{c3},{},{}]", cfg.teacher, h / 4, w / 4, h / 8, w / 8, h / 16, w / 16);
+    println!(
+        "  neck            RD4AD fusion + 3 Bottlenecks -> [B,{},{},{}]",
+        cfg.neck_width,
+        h / 32,
+        w / 32
+    );
+    println!(
+        "  decoder         Omni-blocks, dims {:?}, depths {:?}, {} heads, {} learnable tokens, branches {:?}, attention {:?}",
+        cfg.stage_dims(),
+        cfg.depths,
+        cfg.heads,
+        cfg.num_tokens,
+        cfg.branches,
+        cfg.attention
+    );
+    println!("  anomaly map     1 - cos per scale, bilinear to {h}x{w}, mean, Gaussian sigma 4; image score = max");
+    println!(
+        "  parameters      trainable {} ({:.2} M), frozen teacher {} ({:.2} M), total {}",
+        trainable,
+        trainable as f64 / 1e6,
+        frozen,
+        frozen as f64 / 1e6,
+        trainable + frozen
+    );
+}
+
+/// Used by the bench module.
+pub(crate) fn info_line(model: &OmniAd) -> String {
+    let (t, f) = model.num_params();
+    format!(
+        "teacher {} depths {:?}: {:.2} M trainable, {:.2} M frozen",
+        model.cfg.teacher,
+        model.cfg.depths,
+        t as f64 / 1e6,
+        f as f64 / 1e6
+    )
+}
+
+#[allow(dead_code)]
+fn exists(p: &Path) -> bool {
+    p.exists()
+}

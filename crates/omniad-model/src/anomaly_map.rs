@@ -68,9 +68,23 @@ pub fn gaussian_blur(map: &Tensor, sigma: f64) -> Tensor {
     // Horizontal pass then vertical pass (same order as scipy: axis 0 first is equivalent since
     // the passes commute up to float rounding; scipy filters axis 0 (H) then axis 1 (W)).
     let xp = x.index_select(2, &idx(h));
-    let xv = xp.conv2d(&k.reshape([1, 1, -1, 1]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+    let xv = xp.conv2d(
+        &k.reshape([1, 1, -1, 1]),
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+    );
     let xp = xv.index_select(3, &idx(w));
-    let xh = xp.conv2d(&k.reshape([1, 1, 1, -1]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+    let xh = xp.conv2d(
+        &k.reshape([1, 1, 1, -1]),
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+    );
     xh.squeeze_dim(1)
 }
 
@@ -82,7 +96,11 @@ pub fn image_scores(map: &Tensor) -> Tensor {
 /// The full map pipeline: raw map, blur with sigma 4, per-image max.
 ///
 /// Returns `(raw [B,H,W], blurred [B,H,W], scores [B])`.
-pub fn anomaly_map(teacher: &[Tensor], decoder: &[Tensor], out_size: (i64, i64)) -> (Tensor, Tensor, Tensor) {
+pub fn anomaly_map(
+    teacher: &[Tensor],
+    decoder: &[Tensor],
+    out_size: (i64, i64),
+) -> (Tensor, Tensor, Tensor) {
     let raw = raw_anomaly_map(teacher, decoder, out_size);
     let blurred = gaussian_blur(&raw, SIGMA);
     let scores = image_scores(&blurred);

@@ -124,8 +124,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 /// # Errors
 /// [`CheckpointError::Io`] naming `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
@@ -170,7 +176,10 @@ fn hex(bytes: &[u8]) -> String {
 ///
 /// # Errors
 /// [`CheckpointError::BadWeights`] if serialisation fails (names `path` for context).
-pub fn safetensors_bytes(tensors: &[(String, Tensor)], path: &Path) -> Result<Vec<u8>, CheckpointError> {
+pub fn safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    path: &Path,
+) -> Result<Vec<u8>, CheckpointError> {
     let tmp = tempfile_in(path)?;
     let owned: Vec<(String, Tensor)> = tensors
         .iter()
@@ -187,9 +196,15 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], path: &Path) -> Result<Ve
 }
 
 fn tempfile_in(path: &Path) -> Result<PathBuf, CheckpointError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(dir.join(format!(".{name}.ser-{}", std::process::id())))
 }
 
@@ -253,7 +268,10 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
     };
     let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     if meta.format != FORMAT {
-        return Err(bad(format!("format is {:?}, expected {FORMAT:?}", meta.format)));
+        return Err(bad(format!(
+            "format is {:?}, expected {FORMAT:?}",
+            meta.format
+        )));
     }
     if meta.version != VERSION {
         return Err(bad(format!(
@@ -263,7 +281,10 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
     }
     meta.config.validate().map_err(bad)?;
     if meta.weights_file.contains('/') || meta.weights_file.contains('\\') {
-        return Err(bad(format!("weights_file {:?} must be a file name in the same folder", meta.weights_file)));
+        return Err(bad(format!(
+            "weights_file {:?} must be a file name in the same folder",
+            meta.weights_file
+        )));
     }
     Ok(meta)
 }
@@ -298,7 +319,10 @@ pub fn load(json_path: &Path, device: Device) -> Result<(OmniAd, CheckpointMeta)
     })?;
     assign_all(&mut model, tensors).map_err(|details| CheckpointError::Mismatch {
         path: wpath.clone(),
-        arch: format!("teacher {}, depths {:?}", meta.config.teacher, meta.config.depths),
+        arch: format!(
+            "teacher {}, depths {:?}",
+            meta.config.teacher, meta.config.depths
+        ),
         details,
     })?;
     Ok((model, meta))

@@ -132,11 +132,14 @@ impl ToProxy {
                 let n = self.num_tokens;
                 let side = (n as f64).sqrt().round() as i64;
                 // 1) learnable queries attend over the image tokens.
-                let q = split_heads(&lq.apply(&self.q), heads).expand([b, heads, n, c / heads], false);
+                let q =
+                    split_heads(&lq.apply(&self.q), heads).expand([b, heads, n, c / heads], false);
                 let kv = x.reshape([b, h * w, c]).apply(&self.kv_x).chunk(2, -1);
                 let k = split_heads(&kv[0], heads);
                 let v = split_heads(&kv[1], heads);
-                let out = self.ffn1.forward(&merge_heads(&attend(&q, &k, &v, Some(pe2))));
+                let out = self
+                    .ffn1
+                    .forward(&merge_heads(&attend(&q, &k, &v, Some(pe2))));
                 // [B, n, C] -> [B, C, side, side] -> nearest to (H, W) -> [B, H, W, C]
                 let out = out
                     .reshape([b, side, side, c])
@@ -167,8 +170,8 @@ struct DwConv {
 impl DwConv {
     fn new(p: &nn::Path, dim: i64, k: i64) -> Self {
         Self {
-            dconv: conv2d(p / "dconv" / 0, dim, dim, k, 1, k / 2, dim, true),
-            pconv: conv2d(p / "pconv" / 0, dim, dim, 1, 1, 0, 1, true),
+            dconv: conv2d(p / "dconv" / 0, dim, dim, k, dim),
+            pconv: conv2d(p / "pconv" / 0, dim, dim, 1, 1),
         }
     }
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -197,11 +200,12 @@ pub struct OmniBlock {
 impl OmniBlock {
     /// Builds the block under `p` (e.g. `net_s.layers_up.0.blocks.0.blocks.0`) for width `dim`.
     pub fn new(p: &nn::Path, dim: i64, cfg: &OmniAdConfig) -> Self {
-        let global = (cfg.branches != Branches::LocalOnly).then(|| ToProxy::new(&(p / "toProxy"), dim, cfg));
+        let global =
+            (cfg.branches != Branches::LocalOnly).then(|| ToProxy::new(&(p / "toProxy"), dim, cfg));
         let local = (cfg.branches != Branches::GlobalOnly).then(|| LocalBranch {
             conv33: DwConv::new(&(p / "conv33"), dim, 3),
             conv55: DwConv::new(&(p / "conv55"), dim, 5),
-            mlp: conv2d(p / "mlp" / 0, 2 * dim, dim, 1, 1, 0, 1, true),
+            mlp: conv2d(p / "mlp" / 0, 2 * dim, dim, 1, 1),
         });
         Self {
             global,
@@ -216,7 +220,9 @@ impl OmniBlock {
         let local = self.local.as_ref().map(|lb| {
             let xc = x.permute([0, 3, 1, 2]);
             let y = Tensor::cat(&[lb.conv33.forward(&xc), lb.conv55.forward(&xc)], 1);
-            instance_norm(&y.apply(&lb.mlp)).silu().permute([0, 2, 3, 1])
+            instance_norm(&y.apply(&lb.mlp))
+                .silu()
+                .permute([0, 2, 3, 1])
         });
         let global = self.global.as_ref().map(|g| g.forward(x));
         let fused = match (global, local) {
@@ -289,7 +295,8 @@ impl Decoder {
         let stages = (0..4)
             .map(|i| {
                 let sp = &layers / i;
-                let upsample = (i > 0).then(|| PatchExpand::new(&(&sp / "upsample"), dims[i - 1], dims[i]));
+                let upsample =
+                    (i > 0).then(|| PatchExpand::new(&(&sp / "upsample"), dims[i - 1], dims[i]));
                 let blocks = (0..cfg.depths[i])
                     .map(|j| OmniBlock::new(&(&sp / "blocks" / j / "blocks" / 0), dims[i], cfg))
                     .collect();

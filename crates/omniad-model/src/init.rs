@@ -1,12 +1,15 @@
 //! Parameter initialisation matching the reference (PyTorch defaults, timm `trunc_normal_`,
 //! `kaiming_normal_(mode='fan_out')`), so training from scratch starts where the reference does.
-use tch::nn::{self, init::FanInOut, init::NormalOrUniform, init::NonLinearity, Init};
+use tch::nn::{self, init::FanInOut, init::NonLinearity, init::NormalOrUniform, Init};
 
 /// PyTorch's default `nn.Conv2d`/`nn.Linear` weight init, `kaiming_uniform_(a=sqrt(5))`:
 /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 pub(crate) fn torch_default(fan_in: i64) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    Init::Uniform { lo: -bound, up: bound }
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }
 
 /// `kaiming_normal_(mode='fan_out', nonlinearity='relu')` (reference `Neck.__init__`).
@@ -23,17 +26,9 @@ pub(crate) const TRUNC_NORMAL_002: Init = Init::Randn {
     stdev: 0.02,
 };
 
-/// A conv with PyTorch's default init for weight and bias.
-pub(crate) fn conv2d(
-    p: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    k: i64,
-    stride: i64,
-    padding: i64,
-    groups: i64,
-    bias: bool,
-) -> nn::Conv2D {
+/// A stride-1 "same" conv (padding `k/2`) with bias and PyTorch's default init for weight and
+/// bias (the decoder's `dconv`, `pconv` and `mlp` convs).
+pub(crate) fn conv2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, groups: i64) -> nn::Conv2D {
     let fan_in = c_in / groups * k * k;
     nn::conv2d(
         p,
@@ -41,10 +36,8 @@ pub(crate) fn conv2d(
         c_out,
         k,
         nn::ConvConfig {
-            stride,
-            padding,
+            padding: k / 2,
             groups,
-            bias,
             ws_init: torch_default(fan_in),
             bs_init: torch_default(fan_in),
             ..Default::default()

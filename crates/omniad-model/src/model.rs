@@ -55,7 +55,11 @@ impl OmniAd {
         let teacher = Teacher::new(&(teacher_vs.root() / TEACHER_PREFIX), cfg.teacher);
         teacher_vs.freeze();
         let vs = VarStore::new(device);
-        let neck = Neck::new(&(vs.root() / NECK_PREFIX), cfg.teacher.channels(), cfg.neck_width);
+        let neck = Neck::new(
+            &(vs.root() / NECK_PREFIX),
+            cfg.teacher.channels(),
+            cfg.neck_width,
+        );
         let decoder = Decoder::new(&(vs.root() / DECODER_PREFIX), cfg);
         Ok(Self {
             cfg: cfg.clone(),
@@ -65,6 +69,11 @@ impl OmniAd {
             neck,
             decoder,
         })
+    }
+
+    /// The frozen teacher (its variables are in `teacher_vs`).
+    pub fn teacher(&self) -> &Teacher {
+        &self.teacher
     }
 
     /// Device of the model.
@@ -125,7 +134,8 @@ impl OmniAd {
 
     /// Number of `(trainable, frozen)` parameters.
     pub fn num_params(&self) -> (i64, i64) {
-        let count = |vs: &VarStore| vs.variables().values().map(Tensor::numel).sum::<usize>() as i64;
+        let count =
+            |vs: &VarStore| vs.variables().values().map(Tensor::numel).sum::<usize>() as i64;
         let frozen_buffers = |vs: &VarStore| {
             vs.variables()
                 .iter()
@@ -134,7 +144,10 @@ impl OmniAd {
                 .sum::<usize>() as i64
         };
         // BatchNorm running statistics are buffers, not parameters (as in PyTorch's count).
-        (count(&self.vs) - frozen_buffers(&self.vs), count(&self.teacher_vs) - frozen_buffers(&self.teacher_vs))
+        (
+            count(&self.vs) - frozen_buffers(&self.vs),
+            count(&self.teacher_vs) - frozen_buffers(&self.teacher_vs),
+        )
     }
 
     /// Trainable parameters with their state-dict names (`Neck.*`, `net_s.*`; BatchNorm running

@@ -108,10 +108,20 @@ impl Neck {
     ///
     /// `feats` must hold the three teacher maps in order (shapes above).
     pub fn forward_t(&self, feats: &[Tensor], train: bool) -> Tensor {
-        let fpn0 = self.bn1.forward_t(&feats[0].apply(&self.conv1), train).relu();
-        let fpn1 = self.bn21.forward_t(&feats[1].apply(&self.conv21), train).relu() + fpn0;
+        let fpn0 = self
+            .bn1
+            .forward_t(&feats[0].apply(&self.conv1), train)
+            .relu();
+        let fpn1 = self
+            .bn21
+            .forward_t(&feats[1].apply(&self.conv21), train)
+            .relu()
+            + fpn0;
         let s = self.bn2.forward_t(&fpn1.apply(&self.conv2), train).relu()
-            + self.bn31.forward_t(&feats[2].apply(&self.conv31), train).relu();
+            + self
+                .bn31
+                .forward_t(&feats[2].apply(&self.conv31), train)
+                .relu();
         let mut s = self.bnf.forward_t(&s.apply(&self.convf), train).relu();
         for block in &self.bn_layer {
             s = block.forward_t(&s, train);

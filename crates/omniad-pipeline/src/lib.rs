@@ -1,1 +1,19 @@
-//! Pipelines.
+//! Training, evaluation and prediction pipelines of omniad: what the `omniad` binary runs.
+//!
+//! - [`train`]: `omniad train` (feature cache, AdamW, step schedule, resume, Ctrl-C).
+//! - [`eval`]: `omniad eval` (metrics per class, thresholds, saved maps).
+//! - [`predict`]: `omniad predict` (scores, decisions, heatmap overlays, masks).
+//! - [`demo`]: `omniad demo` (synthetic data, training, evaluation in one go).
+pub mod config;
+pub mod demo;
+pub mod device;
+pub mod eval;
+pub mod optim;
+pub mod overlay;
+pub mod predict;
+pub mod runs;
+pub mod teacher;
+pub mod train;
+
+pub use config::{FeatureCache, TrainConfig};
+pub use train::{train, TrainOptions, TrainOutcome};

@@ -1,0 +1,420 @@
+//! Dataset model (kinds, samples, splits), layout detection and `open_dataset`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::error::{join_names, DataError};
+use crate::fsutil::{is_hidden, list_dir};
+use crate::layouts;
+
+/// The on-disk dataset layouts omniad reads natively.
+///
+/// Names (`FromStr`/`Display`/serde): `mvtec`, `visa`, `realiad`, `loco`, `btad`, `mpdd`, `folder`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// MVTec-AD: `<class>/train/good`, `<class>/test/<defect>`,
+    /// `<class>/ground_truth/<defect>/<stem>_mask.png`.
+    Mvtec,
+    /// VisA: `split_csv/1cls.csv` (object,split,label,image,mask), `.JPG` images, 0/1 masks.
+    Visa,
+    /// Real-IAD: per-class JSON (`realiad_jsons/realiad_jsons/<class>.json`) + `realiad_<res>/<class>/...`, 5 views per sample.
+    RealIad,
+    /// MVTec LOCO: `train/good` + `validation/good` for training, `test/{good,logical_anomalies,structural_anomalies}`,
+    /// masks `ground_truth/<type>/<stem>/*.png` (several per image, united).
+    Loco,
+    /// BTAD: `train/ok`, `test/{ok,ko}`, `ground_truth/ko` (`.bmp` and `.png` mixed).
+    Btad,
+    /// MPDD: same layout as MVTec-AD.
+    Mpdd,
+    /// Generic folder: `train/good`, `test/good`, `test/<defect>`, optional
+    /// `ground_truth/<defect>/<stem>_mask.png`; either at the root (one class named
+    /// after the folder) or under `<class>/`.
+    Folder,
+}
+
+impl DatasetKind {
+    /// All kinds.
+    pub const ALL: [DatasetKind; 7] = [
+        DatasetKind::Visa,
+        DatasetKind::RealIad,
+        DatasetKind::Loco,
+        DatasetKind::Btad,
+        DatasetKind::Mpdd,
+        DatasetKind::Mvtec,
+        DatasetKind::Folder,
+    ];
+
+    /// The lower-case name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Mvtec => "mvtec",
+            DatasetKind::Visa => "visa",
+            DatasetKind::RealIad => "realiad",
+            DatasetKind::Loco => "loco",
+            DatasetKind::Btad => "btad",
+            DatasetKind::Mpdd => "mpdd",
+            DatasetKind::Folder => "folder",
+        }
+    }
+
+    /// Guesses the layout of `root` from its folders (no image is read).
+    ///
+    /// Checks, in order: VisA (`split_csv/1cls.csv`), Real-IAD (a folder of per-class
+    /// JSON files), LOCO (`<class>/validation` + `<class>/test/logical_anomalies`),
+    /// BTAD (`<class>/train/ok`), MPDD / MVTec (`<class>/train/good` +
+    /// `<class>/ground_truth`; MPDD when every class is an MPDD class), folder
+    /// (`train/good` or `<class>/train/good` without ground truth), and finally an
+    /// ADer-style `meta.json` (read as `mvtec`).
+    ///
+    /// # Errors
+    /// [`DataError::NotFound`] when `root` does not exist, [`DataError::Layout`] when
+    /// it is not a folder, [`DataError::UnknownLayout`] (listing the layouts tried)
+    /// when nothing matches, [`DataError::Io`] on unreadable folders.
+    pub fn detect(root: &Path) -> Result<DatasetKind, DataError> {
+        check_root(root)?;
+        if root.join("split_csv").join("1cls.csv").is_file() {
+            return Ok(DatasetKind::Visa);
+        }
+        if layouts::realiad_json_dir(root, None).is_some() {
+            return Ok(DatasetKind::RealIad);
+        }
+        if root.join("train").join("good").is_dir() {
+            return Ok(DatasetKind::Folder);
+        }
+        let classes: Vec<_> = list_dir(root)?.into_iter().filter(|e| e.is_dir).collect();
+        let any = |f: &dyn Fn(&Path) -> bool| classes.iter().any(|c| f(&c.path));
+        if any(&|c| {
+            c.join("validation").is_dir() && c.join("test").join("logical_anomalies").is_dir()
+        }) {
+            return Ok(DatasetKind::Loco);
+        }
+        if any(&|c| c.join("train").join("ok").is_dir()) {
+            return Ok(DatasetKind::Btad);
+        }
+        let mvtec_like: Vec<_> = classes
+            .iter()
+            .filter(|c| c.path.join("train").join("good").is_dir())
+            .collect();
+        if mvtec_like
+            .iter()
+            .any(|c| c.path.join("ground_truth").is_dir())
+        {
+            let all_mpdd = mvtec_like
+                .iter()
+                .all(|c| MPDD_CLASSES.contains(&c.name.as_str()));
+            return Ok(if all_mpdd {
+                DatasetKind::Mpdd
+            } else {
+                DatasetKind::Mvtec
+            });
+        }
+        if !mvtec_like.is_empty() {
+            return Ok(DatasetKind::Folder);
+        }
+        if root.join("meta.json").is_file() {
+            return Ok(DatasetKind::Mvtec);
+        }
+        Err(DataError::UnknownLayout {
+            root: root.to_path_buf(),
+            tried: TRIED_LAYOUTS.to_string(),
+        })
+    }
+}
+
+/// The six MPDD classes (used only to tell MPDD from MVTec-AD during detection).
+const MPDD_CLASSES: &[&str] = &[
+    "bracket_black",
+    "bracket_brown",
+    "bracket_white",
+    "connector",
+    "metal_plate",
+    "tubes",
+];
+
+const TRIED_LAYOUTS: &str = "visa (split_csv/1cls.csv), \
+    realiad (realiad_jsons/realiad_jsons/<class>.json or realiad_jsons/<class>.json), \
+    loco (<class>/validation/good and <class>/test/logical_anomalies), \
+    btad (<class>/train/ok), \
+    mvtec/mpdd (<class>/train/good and <class>/ground_truth), \
+    folder (train/good or <class>/train/good), \
+    ADer-style meta.json";
+
+pub(crate) fn check_root(root: &Path) -> Result<(), DataError> {
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(DataError::layout(
+            root,
+            "dataset",
+            "dataset root is a file, expected a folder",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DataError::NotFound {
+            path: root.to_path_buf(),
+            what: "dataset root".to_string(),
+        }),
+        Err(e) => Err(DataError::io(root, e)),
+    }
+}
+
+impl fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DatasetKind {
+    type Err = DataError;
+
+    /// Parses a kind name, case-insensitively (`real-iad` and `real_iad` are accepted for `realiad`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        Ok(match lower.as_str() {
+            "mvtec" | "mvtec-ad" | "mvtec_ad" => DatasetKind::Mvtec,
+            "visa" => DatasetKind::Visa,
+            "realiad" | "real-iad" | "real_iad" => DatasetKind::RealIad,
+            "loco" | "mvtec_loco" | "mvtec-loco" => DatasetKind::Loco,
+            "btad" => DatasetKind::Btad,
+            "mpdd" => DatasetKind::Mpdd,
+            "folder" => DatasetKind::Folder,
+            _ => return Err(DataError::UnknownKind(s.to_string())),
+        })
+    }
+}
+
+/// Ground-truth label of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Label {
+    /// Defect-free.
+    Normal,
+    /// Defective.
+    Anomaly,
+}
+
+impl Label {
+    /// 0 for normal, 1 for anomaly (the convention of I-AUROC computations).
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Label::Normal => 0,
+            Label::Anomaly => 1,
+        }
+    }
+}
+
+/// Dataset split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Training images (normal only in unsupervised AD).
+    Train,
+    /// Test images (normal and anomalous).
+    Test,
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        })
+    }
+}
+
+/// One image of a dataset, with its ground truth. Paths are absolute or relative
+/// to the working directory as `root` was given.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sample {
+    /// Class (category) name, e.g. `bottle`.
+    pub class: String,
+    /// Split the image belongs to.
+    pub split: Split,
+    /// The image file.
+    pub image: PathBuf,
+    /// Ground-truth mask files; empty = no mask (normal, or a layout without
+    /// masks); several = their union (MVTec LOCO).
+    pub masks: Vec<PathBuf>,
+    /// Image label.
+    pub label: Label,
+    /// Defect type (folder name, Real-IAD code, ...); `"good"` for normal images.
+    pub defect: String,
+    /// Real-IAD: the id shared by the five camera views of one physical sample
+    /// (`<class>/<folder of the image>`), for per-sample metrics (max over views).
+    pub sample_id: Option<String>,
+}
+
+/// Where the sample list of a [`Dataset`] came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LayoutSource {
+    /// The native folders / CSV / JSON files of the dataset.
+    Native,
+    /// An ADer-style `meta.json` (the path given).
+    MetaJson(PathBuf),
+}
+
+/// An opened dataset: the sample lists of the selected classes. No image is
+/// decoded when opening; only file names (and existence) are checked.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Dataset {
+    /// Layout the dataset was read as.
+    pub kind: DatasetKind,
+    /// The dataset root as given.
+    pub root: PathBuf,
+    /// Selected classes: sorted by name, or in `--classes` order when filtered.
+    pub classes: Vec<String>,
+    /// Training samples, class-major (in `classes` order), then by path.
+    pub train: Vec<Sample>,
+    /// Test samples, class-major (in `classes` order), then by path.
+    pub test: Vec<Sample>,
+    /// True when every anomalous test image has a ground-truth mask, so pixel
+    /// metrics (P-AUROC, AUPRO) can be computed; false = image-level evaluation only
+    /// (a `tracing` warning says so once, when the dataset is opened).
+    pub has_masks: bool,
+    /// Native layout or ADer-style `meta.json`.
+    pub source: LayoutSource,
+}
+
+impl Dataset {
+    /// The samples of `split`.
+    pub fn samples(&self, split: Split) -> &[Sample] {
+        match split {
+            Split::Train => &self.train,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Indices into [`Dataset::samples`]`(split)` of the samples of `class`, in order.
+    pub fn class_indices(&self, split: Split, class: &str) -> Vec<usize> {
+        self.samples(split)
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.class == class)
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+/// Options of [`open_dataset`]. `Default` gives the native layouts' defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenOptions {
+    /// Real-IAD: folder holding `<class>.json` (default: the first of
+    /// `root/realiad_jsons/realiad_jsons` and `root/realiad_jsons` that holds JSON
+    /// files; when `root` is an image folder `realiad_<res>`, the same under its parent).
+    pub realiad_json_dir: Option<PathBuf>,
+    /// Real-IAD: folder holding `<class>/OK|NG/...` (default: the single
+    /// `root/realiad_<res>` folder holding the classes, else `root`).
+    pub realiad_image_dir: Option<PathBuf>,
+    /// VisA: split CSV (default `root/split_csv/1cls.csv`).
+    pub visa_split_csv: Option<PathBuf>,
+    /// Folder layout: mask folder replacing `ground_truth` (`<mask_dir>/<defect>/<stem>_mask.png`;
+    /// with several classes, `<mask_dir>/<class>/<defect>/...`).
+    pub mask_dir: Option<PathBuf>,
+    /// Read this ADer-style `meta.json` instead of the native layout
+    /// (by default `root/meta.json` is used only when the native layout is absent).
+    pub meta_json: Option<PathBuf>,
+    /// Accept anomalous test images without a mask (they get an empty mask and the
+    /// dataset reports `has_masks = false`) instead of failing.
+    pub allow_missing_masks: bool,
+}
+
+/// Opens a dataset: discovers classes, applies the `classes` filter and lists
+/// the samples of each split in deterministic order.
+///
+/// Images and masks are paired by file stem, never by position. Nothing is
+/// decoded; mask/image size agreement is checked later, by
+/// [`load_mask`](crate::load_mask), from the file headers.
+///
+/// # Errors
+/// * [`DataError::NotFound`] — root or a file named by metadata missing;
+/// * [`DataError::UnknownClass`] — a name in `classes` is not in the dataset;
+/// * [`DataError::EmptyClass`] — a class without train or test images;
+/// * [`DataError::MissingSplit`] — e.g. `<class>/test` absent;
+/// * [`DataError::MissingMask`] / [`DataError::OrphanMask`] — unpaired masks;
+/// * [`DataError::IsDirectory`], [`DataError::Layout`] — stray folders/files;
+/// * [`DataError::Parse`] — malformed CSV/JSON;
+/// * [`DataError::InvalidArgument`] — an empty or duplicated `classes` list.
+pub fn open_dataset(
+    kind: DatasetKind,
+    root: &Path,
+    classes: Option<&[String]>,
+    options: &OpenOptions,
+) -> Result<Dataset, DataError> {
+    check_root(root)?;
+    if let Some(list) = classes {
+        if list.is_empty() {
+            return Err(DataError::InvalidArgument(
+                "the --classes list is empty".to_string(),
+            ));
+        }
+        for (i, c) in list.iter().enumerate() {
+            if list[..i].contains(c) {
+                return Err(DataError::InvalidArgument(format!(
+                    "class '{c}' is listed twice in --classes"
+                )));
+            }
+        }
+    }
+    let meta_json = match &options.meta_json {
+        Some(p) => Some(p.clone()),
+        None if !layouts::native_marker_present(kind, root, options)?
+            && root.join("meta.json").is_file() =>
+        {
+            Some(root.join("meta.json"))
+        }
+        None => None,
+    };
+    let mut ds = match &meta_json {
+        Some(p) => layouts::read_meta_json(kind, root, p, classes, options)?,
+        None => match kind {
+            DatasetKind::Visa => layouts::read_visa(root, classes, options)?,
+            DatasetKind::RealIad => layouts::read_realiad(root, classes, options)?,
+            _ => layouts::read_dirs(kind, root, classes, options)?,
+        },
+    };
+    ds.has_masks = ds
+        .test
+        .iter()
+        .all(|s| s.label == Label::Normal || !s.masks.is_empty());
+    if !ds.has_masks {
+        tracing::warn!(
+            root = %root.display(),
+            "dataset has no ground-truth masks for every anomalous test image: \
+             image-level evaluation only (no pixel metrics)"
+        );
+    }
+    Ok(ds)
+}
+
+/// Picks the classes to read: `available` (sorted) filtered by `requested`.
+pub(crate) fn select_classes(
+    root: &Path,
+    available: Vec<String>,
+    requested: Option<&[String]>,
+) -> Result<Vec<String>, DataError> {
+    let Some(req) = requested else {
+        return Ok(available);
+    };
+    let mut out = Vec::with_capacity(req.len());
+    for c in req {
+        if !available.contains(c) {
+            return Err(DataError::UnknownClass {
+                class: c.clone(),
+                root: root.to_path_buf(),
+                available: join_names(&available),
+            });
+        }
+        out.push(c.clone());
+    }
+    Ok(out)
+}
+
+/// Class folders of `root`: the non-hidden sub-folders, sorted.
+pub(crate) fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
+    Ok(list_dir(root)?
+        .into_iter()
+        .filter(|e| e.is_dir && !is_hidden(&e.name))
+        .map(|e| (e.name, e.path))
+        .collect())
+}

@@ -1,0 +1,123 @@
+//! Decoding rules: colour conversions to RGB and EXIF orientation.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use image::{ImageBuffer, ImageEncoder, Luma, LumaA, Rgb, RgbImage};
+use omniad_data::{image_size, load_mask, load_rgb};
+
+/// A little-endian TIFF/EXIF block holding only `Orientation = value`.
+fn exif_orientation(value: u16) -> Vec<u8> {
+    let mut v = b"II*\0".to_vec();
+    v.extend_from_slice(&8u32.to_le_bytes()); // offset of IFD0
+    v.extend_from_slice(&1u16.to_le_bytes()); // one entry
+    v.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    v.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    v.extend_from_slice(&1u32.to_le_bytes()); // count
+    v.extend_from_slice(&value.to_le_bytes());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+    v
+}
+
+/// 8 wide x 4 tall: left half red, right half blue.
+fn halves() -> RgbImage {
+    RgbImage::from_fn(8, 4, |x, _| {
+        if x < 4 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    })
+}
+
+fn write_with_exif(path: &Path, jpeg: bool) {
+    let img = halves();
+    let mut buf = Vec::new();
+    if jpeg {
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 95);
+        enc.set_exif_metadata(exif_orientation(6)).expect("exif");
+        enc.write_image(img.as_raw(), 8, 4, image::ExtendedColorType::Rgb8)
+            .expect("encode");
+    } else {
+        let mut enc = image::codecs::png::PngEncoder::new(&mut buf);
+        enc.set_exif_metadata(exif_orientation(6)).expect("exif");
+        enc.write_image(img.as_raw(), 8, 4, image::ExtendedColorType::Rgb8)
+            .expect("encode");
+    }
+    write_bytes(path, &buf);
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, jpeg) in [("o.jpg", true), ("o.png", false)] {
+        let p = dir.path().join(name);
+        write_with_exif(&p, jpeg);
+        // Orientation 6: rotate 90 degrees clockwise; the left half becomes the top half.
+        assert_eq!(image_size(&p).unwrap(), (4, 8), "{name}");
+        let rgb = load_rgb(&p).unwrap();
+        assert_eq!(rgb.dimensions(), (4, 8), "{name}");
+        let top = rgb.get_pixel(1, 1);
+        let bottom = rgb.get_pixel(1, 6);
+        assert!(
+            top[0] > 200 && top[2] < 60,
+            "{name}: top {top:?} should be red"
+        );
+        assert!(
+            bottom[2] > 200 && bottom[0] < 60,
+            "{name}: bottom {bottom:?} should be blue"
+        );
+    }
+}
+
+#[test]
+fn gray_alpha_and_16_bit_convert_like_pil() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16-bit gray: scaled (65535 -> 255, 25700 -> 100), not clipped.
+    let p16 = dir.path().join("g16.png");
+    ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(2, 1, |x, _| {
+        Luma([if x == 0 { 65535 } else { 25700 }])
+    })
+    .save(&p16)
+    .unwrap();
+    let rgb = load_rgb(&p16).unwrap();
+    assert_eq!(rgb.as_raw(), &vec![255, 255, 255, 100, 100, 100]);
+
+    // Gray + alpha: gray replicated, alpha dropped (not composited).
+    let pla = dir.path().join("la.png");
+    ImageBuffer::<LumaA<u8>, Vec<u8>>::from_fn(2, 1, |x, _| {
+        LumaA([if x == 0 { 40 } else { 200 }, 0])
+    })
+    .save(&pla)
+    .unwrap();
+    let rgb = load_rgb(&pla).unwrap();
+    assert_eq!(rgb.as_raw(), &vec![40, 40, 40, 200, 200, 200]);
+
+    // RGBA: alpha dropped.
+    let prgba = dir.path().join("rgba.png");
+    image::RgbaImage::from_pixel(1, 1, image::Rgba([9, 8, 7, 0]))
+        .save(&prgba)
+        .unwrap();
+    assert_eq!(load_rgb(&prgba).unwrap().as_raw(), &vec![9, 8, 7]);
+}
+
+#[test]
+fn sixteen_bit_masks_binarise_on_raw_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m16.png");
+    // Value 1 out of 65535 is still "non-zero" (it would round to 0 in 8 bits).
+    ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(4, 2, |x, _| Luma([if x < 2 { 1 } else { 0 }]))
+        .save(&p)
+        .unwrap();
+    let m = load_mask(&[p], Some((4, 2)), (2, 4)).unwrap();
+    assert_eq!(m, vec![1, 1, 0, 0, 1, 1, 0, 0]);
+}
+
+#[test]
+fn empty_mask_list_is_all_zero() {
+    let m = load_mask(&[], Some((10, 10)), (3, 5)).unwrap();
+    assert_eq!(m, vec![0u8; 15]);
+}

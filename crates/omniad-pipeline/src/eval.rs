@@ -1,0 +1,477 @@
+//! `omniad eval`: anomaly maps of a run's model on a test split, metrics per class and mean,
+//! calibrated decision thresholds, optional saved maps.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use omniad_data::{open_dataset, Dataset, DatasetKind, Label, Loader, LoaderOptions, OpenOptions};
+use omniad_metrics::{Accumulator, ImageRecord, MetricOptions, PixelRecord, Report};
+use omniad_model::checkpoint::{self, Thresholds};
+use omniad_model::OmniAd;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::TrainConfig;
+use crate::device::parse_device;
+use crate::runs::RunPaths;
+use crate::train::{images_tensor, preprocess_for};
+
+/// Options of an evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Metric options (ADer-compatible variants, AUPRO limit).
+    pub metrics: MetricOptions,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Write the anomaly maps of each class to `<dir>/<class>.safetensors` in the format
+    /// `omniad metrics` reads (`anomaly_maps`, `masks`, `image_scores`, `labels`).
+    pub save_maps: Option<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            metrics: MetricOptions::default(),
+            batch_size: 16,
+            save_maps: None,
+            progress: false,
+        }
+    }
+}
+
+/// What an evaluation produced.
+#[derive(Debug)]
+pub struct EvalOutput {
+    /// Metrics per class and mean.
+    pub report: Report,
+    /// Calibrated thresholds on the image score.
+    pub thresholds: Thresholds,
+    /// Warnings to show the user (e.g. a class without anomalies).
+    pub warnings: Vec<String>,
+    /// `(class, image score, anomalous?)` of every test image, in dataset order.
+    pub scores: Vec<(String, f64, bool)>,
+}
+
+impl EvalOutput {
+    /// Mean metrics as JSON.
+    pub fn mean_json(&self) -> serde_json::Value {
+        self.report.to_json()["mean"].clone()
+    }
+
+    /// One line: mean I-AUROC, P-AUROC, AUPRO, mAD in percent.
+    pub fn summary_line(&self) -> String {
+        let m = self.mean_json();
+        let pct = |k: &str| {
+            m[k].as_f64()
+                .map(|v| format!("{:.1}", 100.0 * v))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        format!(
+            "mI-AUROC {} mP-AUROC {} mAUPRO {} mAD {}",
+            pct("image_auroc"),
+            pct("pixel_auroc"),
+            pct("pixel_aupro"),
+            pct("mad")
+        )
+    }
+}
+
+/// Threshold maximising F1 of `score >= t` over `(score, anomalous)` pairs; `None` without both
+/// normal and anomalous images. Ties in score are resolved as one threshold.
+pub fn f1_optimal_threshold(pairs: &[(f64, bool)]) -> Option<(f64, f64)> {
+    let n_pos = pairs.iter().filter(|p| p.1).count();
+    if n_pos == 0 || n_pos == pairs.len() {
+        return None;
+    }
+    let mut v: Vec<(f64, bool)> = pairs.to_vec();
+    v.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut best: Option<(f64, f64)> = None;
+    let mut i = 0;
+    while i < v.len() {
+        let t = v[i].0;
+        while i < v.len() && v[i].0 == t {
+            if v[i].1 {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        let f1 = 2.0 * tp as f64 / (tp + fp + n_pos) as f64;
+        if best.is_none_or(|(_, b)| f1 > b) {
+            // Midpoint to the next lower score: robust to tiny score changes.
+            let next = v.get(i).map(|p| p.0).unwrap_or(t);
+            best = Some(((t + next) / 2.0, f1));
+        }
+    }
+    best
+}
+
+/// `q`-quantile (0..=1, linear interpolation) of `values`; `None` if empty.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+}
+
+/// Percentile of normal scores used when a class has no anomalous test image.
+pub const NORMAL_PERCENTILE: f64 = 0.995;
+
+/// Per-class and global thresholds: F1-optimal where anomalies exist; otherwise the 99.5th
+/// percentile of the normal scores (with a warning). The score normalisation bounds are the
+/// min and max of all scores (`normalised = clamp((s - t) / (max - min) + 0.5, 0, 1)`, so
+/// 0.5 is the decision boundary).
+pub fn calibrate(scores: &[(String, f64, bool)], warnings: &mut Vec<String>) -> Thresholds {
+    let mut per_class = BTreeMap::new();
+    let mut by_class: BTreeMap<&str, Vec<(f64, bool)>> = BTreeMap::new();
+    for (c, s, l) in scores {
+        by_class.entry(c.as_str()).or_default().push((*s, *l));
+    }
+    let pick = |name: &str, pairs: &[(f64, bool)], warnings: &mut Vec<String>| -> Option<f64> {
+        match f1_optimal_threshold(pairs) {
+            Some((t, _)) => Some(t),
+            None => {
+                let normals: Vec<f64> = pairs.iter().filter(|p| !p.1).map(|p| p.0).collect();
+                let t = quantile(&normals, NORMAL_PERCENTILE);
+                warnings.push(match t {
+                    Some(_) => format!("{name}: no anomalous test image, threshold = 99.5th percentile of normal scores"),
+                    None => format!("{name}: no normal test image, no threshold calibrated"),
+                });
+                t
+            }
+        }
+    };
+    for (c, pairs) in &by_class {
+        if let Some(t) = pick(c, pairs, warnings) {
+            per_class.insert(c.to_string(), t);
+        }
+    }
+    let all: Vec<(f64, bool)> = scores.iter().map(|(_, s, l)| (*s, *l)).collect();
+    let global = pick("all classes", &all, warnings);
+    let lo = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let hi = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    Thresholds {
+        global,
+        per_class,
+        method: "F1-optimal image-score threshold on the test split (99.5th percentile of normal scores where a class has no anomaly)".into(),
+        normalisation: (lo.is_finite() && hi > lo).then_some((lo, hi)),
+    }
+}
+
+/// Normalised score in `[0, 1]` with 0.5 at the threshold (see [`calibrate`]).
+pub fn normalise_score(score: f64, threshold: f64, bounds: Option<(f64, f64)>) -> f64 {
+    let span = bounds
+        .map(|(lo, hi)| hi - lo)
+        .filter(|s| *s > 0.0)
+        .unwrap_or(1.0);
+    ((score - threshold) / span + 0.5).clamp(0.0, 1.0)
+}
+
+/// Evaluates `model` on the test split of `ds`.
+///
+/// # Errors
+/// Unreadable images or masks (naming the file), metric errors (e.g. a non-finite score, naming
+/// the image index), or an unwritable `save_maps` folder.
+pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Result<EvalOutput> {
+    if ds.test.is_empty() {
+        bail!("{}: no test images", ds.root.display());
+    }
+    let pp = preprocess_for(&model.cfg);
+    let (h, w) = (pp.size.0 as usize, pp.size.1 as usize);
+    let mut warnings = Vec::new();
+    if !ds.has_masks {
+        warnings.push("no ground-truth masks: image-level metrics only".to_string());
+    }
+    let mut lopts = LoaderOptions::new(opts.batch_size.max(1), pp);
+    lopts.with_masks = ds.has_masks;
+    let loader = Loader::new(&ds.test, lopts)?;
+    let mut acc = Accumulator::new(opts.metrics.clone())?;
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(ds.test.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut scores = Vec::with_capacity(ds.test.len());
+    let mut saver = opts
+        .save_maps
+        .as_ref()
+        .map(|d| MapSaver::new(d, h, w))
+        .transpose()?;
+    for batch in loader {
+        let batch = batch?;
+        let b = batch.indices.len();
+        let x = images_tensor(&batch.images, b, &pp, model.device());
+        let pred = model.predict(&x);
+        let maps: Vec<f32> = Vec::<f32>::try_from(
+            pred.anomaly_map
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .flatten(0, -1),
+        )?;
+        let s: Vec<f32> = Vec::<f32>::try_from(
+            pred.image_scores
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float),
+        )?;
+        for (j, &i) in batch.indices.iter().enumerate() {
+            let sample = &ds.test[i];
+            let map = &maps[j * h * w..(j + 1) * h * w];
+            let mask = batch.masks.as_ref().map(|m| &m[j * h * w..(j + 1) * h * w]);
+            let label = sample.label == Label::Anomaly;
+            acc.push(ImageRecord {
+                class: &sample.class,
+                image_score: s[j],
+                label,
+                pixels: Some(PixelRecord {
+                    anomaly_map: map,
+                    mask,
+                    height: h,
+                    width: w,
+                }),
+                sample_id: sample.sample_id.as_deref(),
+            })
+            .with_context(|| format!("{}", sample.image.display()))?;
+            if let Some(sv) = saver.as_mut() {
+                sv.push(&sample.class, map, mask, s[j], label)?;
+            }
+            scores.push((sample.class.clone(), s[j] as f64, label));
+        }
+        bar.inc(b as u64);
+    }
+    bar.finish_and_clear();
+    if let Some(sv) = saver {
+        sv.finish()?;
+    }
+    let report = acc.finish()?;
+    let thresholds = calibrate(&scores, &mut warnings);
+    Ok(EvalOutput {
+        report,
+        thresholds,
+        warnings,
+        scores,
+    })
+}
+
+/// Writes maps per class in the `omniad metrics` safetensors format, one class at a time (only
+/// one class's maps are in memory).
+struct MapSaver {
+    dir: PathBuf,
+    h: usize,
+    w: usize,
+    class: Option<String>,
+    maps: Vec<f32>,
+    masks: Vec<u8>,
+    scores: Vec<f32>,
+    labels: Vec<u8>,
+    written: Vec<String>,
+}
+
+impl MapSaver {
+    fn new(dir: &Path, h: usize, w: usize) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            h,
+            w,
+            class: None,
+            maps: Vec::new(),
+            masks: Vec::new(),
+            scores: Vec::new(),
+            labels: Vec::new(),
+            written: Vec::new(),
+        })
+    }
+
+    fn push(
+        &mut self,
+        class: &str,
+        map: &[f32],
+        mask: Option<&[u8]>,
+        score: f32,
+        label: bool,
+    ) -> Result<()> {
+        if self.class.as_deref() != Some(class) {
+            self.flush()?;
+            if self.written.iter().any(|c| c == class) {
+                bail!(
+                    "test images of class {class} are not contiguous; cannot save maps per class"
+                );
+            }
+            self.class = Some(class.to_string());
+        }
+        self.maps.extend_from_slice(map);
+        match mask {
+            Some(m) => self.masks.extend_from_slice(m),
+            None => self.masks.extend(std::iter::repeat_n(0u8, map.len())),
+        }
+        self.scores.push(score);
+        self.labels.push(label as u8);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let Some(class) = self.class.take() else {
+            return Ok(());
+        };
+        let n = self.scores.len() as i64;
+        let (h, w) = (self.h as i64, self.w as i64);
+        let tensors = vec![
+            (
+                "anomaly_maps".to_string(),
+                Tensor::from_slice(&self.maps).reshape([n, h, w]),
+            ),
+            (
+                "masks".to_string(),
+                Tensor::from_slice(&self.masks).reshape([n, h, w]),
+            ),
+            ("image_scores".to_string(), Tensor::from_slice(&self.scores)),
+            ("labels".to_string(), Tensor::from_slice(&self.labels)),
+        ];
+        let path = self.dir.join(format!("{class}.safetensors"));
+        let bytes = checkpoint::safetensors_bytes(&tensors, &path)?;
+        checkpoint::write_atomic(&path, &bytes)?;
+        self.maps.clear();
+        self.masks.clear();
+        self.scores.clear();
+        self.labels.clear();
+        self.written.push(class);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush()
+    }
+}
+
+/// The dataset a run was trained on, or the one given.
+///
+/// # Errors
+/// The run has no readable `config.toml` and no dataset was given, or the dataset cannot be
+/// opened.
+pub fn dataset_for_run(
+    run: &Path,
+    kind: Option<DatasetKind>,
+    root: Option<&Path>,
+    classes: Option<&[String]>,
+) -> Result<Dataset> {
+    let paths = RunPaths::new(run);
+    let saved = TrainConfig::from_toml_file(&paths.config).ok();
+    let kind = kind.or(saved.as_ref().map(|c| c.dataset));
+    let root = root
+        .map(Path::to_path_buf)
+        .or(saved.as_ref().map(|c| c.data_root.clone()));
+    let (Some(kind), Some(root)) = (kind, root) else {
+        bail!(
+            "{}: no config.toml with the dataset; pass --dataset and --data-root",
+            run.display()
+        );
+    };
+    let classes = classes
+        .map(|c| c.to_vec())
+        .or(saved.and_then(|c| c.classes));
+    open_dataset(kind, &root, classes.as_deref(), &OpenOptions::default())
+        .with_context(|| format!("cannot open {kind} dataset at {}", root.display()))
+}
+
+/// `omniad eval`: loads the run's checkpoint, evaluates, writes `metrics.json` and
+/// `metrics.csv` into the run folder and stores the calibrated thresholds in `model.json`.
+///
+/// # Errors
+/// See [`evaluate_model`] and [`dataset_for_run`]; a run folder without a checkpoint.
+pub fn eval_run(run: &Path, ds: &Dataset, device: &str, opts: &EvalOptions) -> Result<EvalOutput> {
+    let device = parse_device(device).map_err(anyhow::Error::msg)?;
+    let ckpt = crate::train::checkpoint_of(run)?;
+    let (model, mut meta) = checkpoint::load(&ckpt, device)?;
+    let out = evaluate_model(&model, ds, opts)?;
+    let paths = RunPaths::new(run);
+    let mut json = out.report.to_json();
+    json["thresholds"] = serde_json::to_value(&out.thresholds)?;
+    json["warnings"] = serde_json::to_value(&out.warnings)?;
+    json["dataset"] =
+        serde_json::json!({"kind": ds.kind.to_string(), "root": ds.root.display().to_string()});
+    checkpoint::write_atomic(
+        &paths.metrics_json,
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    checkpoint::write_atomic(&paths.metrics_csv, report_csv(&out.report).as_bytes())?;
+    meta.thresholds = Some(out.thresholds.clone());
+    checkpoint::write_meta(&ckpt, &meta)?;
+    Ok(out)
+}
+
+/// The report as CSV: one row per class and a `mean` row, fractions in `[0, 1]`, empty cells
+/// for undefined values.
+pub fn report_csv(report: &Report) -> String {
+    let json = report.to_json();
+    let keys = [
+        "image_auroc",
+        "image_ap",
+        "image_f1_max",
+        "pixel_auroc",
+        "pixel_ap",
+        "pixel_f1_max",
+        "pixel_aupro",
+        "mad",
+    ];
+    let mut out = format!("class,{}\n", keys.join(","));
+    let cell = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.6}")).unwrap_or_default();
+    if let Some(rows) = json["classes"].as_array() {
+        for row in rows {
+            let name = row["class"].as_str().unwrap_or_default().replace(',', "_");
+            let cells: Vec<String> = keys.iter().map(|k| cell(&row[*k])).collect();
+            out.push_str(&format!("{name},{}\n", cells.join(",")));
+        }
+    }
+    let cells: Vec<String> = keys.iter().map(|k| cell(&json["mean"][*k])).collect();
+    out.push_str(&format!("mean,{}\n", cells.join(",")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f1_threshold_separates_perfectly() {
+        let pairs = [(0.1, false), (0.2, false), (0.8, true), (0.9, true)];
+        let (t, f1) = f1_optimal_threshold(&pairs).unwrap();
+        assert!((f1 - 1.0).abs() < 1e-12);
+        assert!((t - 0.5).abs() < 1e-12, "{t}");
+        assert!(f1_optimal_threshold(&[(0.1, false)]).is_none());
+    }
+
+    #[test]
+    fn f1_threshold_with_overlap() {
+        // scores: normal 0.1 0.6, anomalous 0.5 0.9: best is t <= 0.5 (tp 2, fp 1, f1 0.8)
+        let pairs = [(0.1, false), (0.6, false), (0.5, true), (0.9, true)];
+        let (t, f1) = f1_optimal_threshold(&pairs).unwrap();
+        assert!((f1 - 0.8).abs() < 1e-12, "{f1}");
+        assert!(t > 0.1 && t <= 0.5, "{t}");
+    }
+
+    #[test]
+    fn calibrate_warns_without_anomalies() {
+        let scores: Vec<(String, f64, bool)> = (0..201)
+            .map(|i| ("a".to_string(), i as f64, false))
+            .collect();
+        let mut w = Vec::new();
+        let t = calibrate(&scores, &mut w);
+        assert!((t.per_class["a"] - 199.0).abs() < 1e-9);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("no anomalous test image"));
+    }
+
+    #[test]
+    fn normalised_score_is_half_at_threshold() {
+        assert_eq!(normalise_score(0.3, 0.3, Some((0.0, 1.0))), 0.5);
+        assert_eq!(normalise_score(5.0, 0.3, Some((0.0, 1.0))), 1.0);
+    }
+}

@@ -1,0 +1,430 @@
+//! `omniad predict`: image scores, decisions, heatmap overlays and binary masks for new images
+//! with a trained run's model.
+//!
+//! Each image is decoded with [`omniad_data::load_rgb`] (EXIF orientation applied; gray, RGBA
+//! and 16-bit images converted like Pillow's `convert('RGB')`; any size), preprocessed exactly as
+//! in training ([`omniad_data::preprocess_rgb`] with [`crate::train::preprocess_for`]: antialiased
+//! bilinear resize to the model's input size, then the teacher's normalisation) and scored by
+//! [`omniad_model::OmniAd::predict`] (anomaly map = mean over the three scales of
+//! `1 - cos(teacher, decoder)`, Gaussian blur with sigma 4, image score = max of the map; paper
+//! Sec. 3, reference `model/omniad.py` and ADer `util/metric.py`).
+//!
+//! # Output files
+//! With [`PredictOptions::out`] set, each image `<stem>.<ext>` gets, in that folder:
+//! - `<stem>_overlay.png`: the anomaly map upsampled bilinearly (`align_corners = false`) to the
+//!   ORIGINAL image size, coloured with the Turbo colour map and blended on the image (see
+//!   [`crate::overlay::overlay`]). Colour scale: `[0, 2 * threshold]` when a threshold is known
+//!   (the threshold is the middle of the colour map, colours comparable across images),
+//!   otherwise the map's own `[min, max]` (see [`crate::overlay::heatmap_range`]).
+//! - `<stem>_mask.png`: 8-bit grayscale at the original size, 255 where the upsampled map is
+//!   `>= threshold`, 0 elsewhere. Not written when no threshold is known (a warning says so).
+//!
+//! Name collisions: when several inputs share a stem (compared case-insensitively, as on
+//! case-insensitive file systems), e.g. `a/001.png` and `b/001.png`, or when an output name
+//! would be one of the input files, the stem becomes `<stem>-<h>` with `h` the first 8 hex
+//! digits of the SHA-256 of the input path as given (stable from one call to the next); if a
+//! name is still taken, `-<index>` (position in the input list) is appended. Files of a
+//! previous call with the same names are replaced. The names used are in
+//! [`PredictRecord::overlay`] and [`PredictRecord::mask`]. Every PNG is written atomically
+//! (temporary file + rename), so an interrupted call leaves no partial file.
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use omniad_data::{has_image_extension, load_rgb, preprocess_rgb};
+use omniad_model::checkpoint::{self, Thresholds};
+use rayon::prelude::*;
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use crate::device::parse_device;
+use crate::eval::normalise_score;
+use crate::overlay;
+use crate::train::{checkpoint_of, images_tensor, preprocess_for};
+
+/// The warning given once when no decision threshold is available.
+pub const NO_THRESHOLD_HINT: &str =
+    "no decision threshold: run `omniad eval` to calibrate thresholds, or pass --threshold";
+
+/// Options of [`predict_run`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictOptions {
+    /// Decision threshold on the image score; overrides the run's calibrated thresholds (and
+    /// [`Self::per_class`]). Must be finite.
+    pub threshold: Option<f64>,
+    /// Use this class's calibrated threshold (stored by `omniad eval` in `model.json`) instead
+    /// of the global one. An unknown class is an error listing the calibrated classes.
+    pub per_class: Option<String>,
+    /// Folder for overlay and mask PNGs (created if missing); `None` writes no file.
+    pub out: Option<PathBuf>,
+    /// Images per forward pass, at least 1 (also the number decoded in parallel).
+    pub batch_size: usize,
+    /// Weight of the colour map in the overlay, in `[0, 1]` (0 = the image, 1 = the colour map).
+    pub alpha: f32,
+}
+
+impl Default for PredictOptions {
+    /// No override, global threshold, no files, batches of 8, `alpha = 0.5`.
+    fn default() -> Self {
+        Self {
+            threshold: None,
+            per_class: None,
+            out: None,
+            batch_size: 8,
+            alpha: 0.5,
+        }
+    }
+}
+
+/// Result for one image: what `omniad predict` prints as one JSON line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PredictRecord {
+    /// The input file, as given or found in a given folder.
+    #[serde(serialize_with = "lossy_path")]
+    pub path: PathBuf,
+    /// Image score: maximum of the blurred anomaly map, in `[0, 2]` (`1 - cos` units; higher =
+    /// more anomalous).
+    pub image_score: f64,
+    /// Score mapped to `[0, 1]` with 0.5 at the threshold (see [`crate::eval::normalise_score`],
+    /// span from the calibration's normalisation bounds, else 1); `None` without a threshold.
+    pub normalised_score: Option<f64>,
+    /// Decision threshold used on the image score; `None` when none is known.
+    pub threshold: Option<f64>,
+    /// `image_score >= threshold`; `None` without a threshold.
+    pub anomalous: Option<bool>,
+    /// Heatmap overlay PNG written (original size), if an output folder was given.
+    #[serde(serialize_with = "lossy_opt_path")]
+    pub overlay: Option<PathBuf>,
+    /// Binary mask PNG written (original size, 0/255), if an output folder and a threshold were
+    /// given.
+    #[serde(serialize_with = "lossy_opt_path")]
+    pub mask: Option<PathBuf>,
+    /// Width of the original image in pixels (after EXIF orientation).
+    pub width: u32,
+    /// Height of the original image in pixels (after EXIF orientation).
+    pub height: u32,
+}
+
+/// Paths as JSON strings even when they are not valid UTF-8 (serde's own impl fails then).
+fn lossy_path<S: Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+fn lossy_opt_path<S: Serializer>(
+    p: &Option<PathBuf>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => lossy_path(p, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with('.')
+}
+
+/// Expands the command-line inputs into the list of images to predict.
+///
+/// A file is kept as given (whatever its extension; decoding sniffs the format). A folder is
+/// walked recursively (symbolic links followed) in sorted order, keeping files with an image
+/// extension ([`omniad_data::IMAGE_EXTENSIONS`], case-insensitive) and skipping hidden files
+/// and folders (name starting with `.`; a hidden folder given explicitly is still walked). A
+/// file reached twice (e.g. given and inside a given folder) is kept once, at its first place.
+///
+/// # Errors
+/// A path that does not exist (named), an unreadable folder or a symbolic-link loop (named),
+/// or no image at all (the inputs are listed).
+pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut push = |p: PathBuf, found: &mut Vec<PathBuf>| {
+        let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+        if seen.insert(key) {
+            found.push(p);
+        } else {
+            tracing::debug!("{} given twice: predicted once", p.display());
+        }
+    };
+    for p in paths {
+        let meta = std::fs::metadata(p)
+            .with_context(|| format!("input {}: not found or not accessible", p.display()))?;
+        if !meta.is_dir() {
+            push(p.clone(), &mut found);
+            continue;
+        }
+        let before = found.len();
+        let walker = walkdir::WalkDir::new(p)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
+        for entry in walker {
+            let entry = entry.with_context(|| format!("cannot read folder {}", p.display()))?;
+            if entry.file_type().is_file() && has_image_extension(entry.path()) {
+                push(entry.into_path(), &mut found);
+            }
+        }
+        if found.len() == before {
+            tracing::warn!("{}: no image file in this folder", p.display());
+        }
+    }
+    if found.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "no image found in {} (looked for files ending in .{})",
+            if names.is_empty() {
+                "the inputs (none given)".to_string()
+            } else {
+                names.join(", ")
+            },
+            omniad_data::IMAGE_EXTENSIONS.join(", .")
+        );
+    }
+    Ok(found)
+}
+
+/// First 8 hex digits of the SHA-256 of a path's text.
+fn path_hash(p: &Path) -> String {
+    let digest = Sha256::digest(p.to_string_lossy().as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The output stem of each input (`<out>/<stem>_overlay.png`, `<out>/<stem>_mask.png`), unique
+/// case-insensitively; see the module docs for the rule. `out` should exist (it is
+/// canonicalised to detect outputs that would overwrite an input).
+pub fn output_stems(inputs: &[PathBuf], out: &Path) -> Vec<String> {
+    let base: Vec<String> = inputs
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "image".to_string())
+        })
+        .collect();
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for b in &base {
+        *count.entry(b.to_lowercase()).or_default() += 1;
+    }
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let input_set: HashSet<PathBuf> = inputs.iter().map(|p| canon(p)).collect();
+    let out = canon(out);
+    let clobbers_input = |stem: &str| {
+        [format!("{stem}_overlay.png"), format!("{stem}_mask.png")]
+            .iter()
+            .any(|n| input_set.contains(&out.join(n)))
+    };
+    let mut used = HashSet::new();
+    let mut stems = Vec::with_capacity(inputs.len());
+    for (i, (p, b)) in inputs.iter().zip(&base).enumerate() {
+        let mut stem = b.clone();
+        if count[&b.to_lowercase()] > 1 || clobbers_input(&stem) {
+            stem = format!("{b}-{}", path_hash(p));
+        }
+        if used.contains(&stem.to_lowercase()) || clobbers_input(&stem) {
+            stem = format!("{stem}-{i}");
+        }
+        used.insert(stem.to_lowercase());
+        stems.push(stem);
+    }
+    stems
+}
+
+/// Creates the output folder and checks that a file can be written in it.
+fn prepare_out_dir(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let probe = out.join(format!(".omniad-write-test-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| format!("output folder {} is not writable", out.display()))?;
+    Ok(())
+}
+
+/// The decision threshold: `opts.threshold`, else the calibrated per-class or global one.
+fn decision_threshold(
+    stored: Option<&Thresholds>,
+    opts: &PredictOptions,
+    ckpt: &Path,
+) -> Result<Option<f64>> {
+    if let Some(t) = opts.threshold {
+        if let Some(c) = &opts.per_class {
+            tracing::info!("--threshold {t} overrides the calibrated threshold of class {c}");
+        }
+        return Ok(Some(t));
+    }
+    match &opts.per_class {
+        Some(class) => {
+            let Some(th) = stored else {
+                bail!(
+                    "{}: no calibrated thresholds, so none for class {class}: run `omniad eval` first, or pass --threshold",
+                    ckpt.display()
+                );
+            };
+            match th.per_class.get(class) {
+                Some(t) => Ok(Some(*t)),
+                None => {
+                    let known: Vec<&str> = th.per_class.keys().map(String::as_str).collect();
+                    bail!(
+                        "{}: no calibrated threshold for class {class:?} (calibrated classes: {})",
+                        ckpt.display(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )
+                }
+            }
+        }
+        None => Ok(stored.and_then(|t| t.global)),
+    }
+}
+
+fn validate(opts: &PredictOptions) -> Result<()> {
+    if opts.batch_size == 0 {
+        bail!("batch size must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&opts.alpha) {
+        bail!("overlay alpha {} must be in [0, 1]", opts.alpha);
+    }
+    if let Some(t) = opts.threshold {
+        if !t.is_finite() {
+            bail!("threshold {t} must be a finite number");
+        }
+    }
+    Ok(())
+}
+
+/// Scores `inputs` with the model of the run folder `run` on `device` (`cpu`, `cuda`,
+/// `cuda:N`), writes overlays and masks when `opts.out` is set (see the module docs), calls
+/// `on_record` for each image as soon as it is done (in input order) and returns all records.
+///
+/// Decision threshold: `opts.threshold`, else the calibrated threshold stored by `omniad eval`
+/// (per class with `opts.per_class`, otherwise global). With none, decisions, normalised scores
+/// and masks are `None` and a warning ([`NO_THRESHOLD_HINT`]) is logged once.
+///
+/// Images go through the model `opts.batch_size` at a time as `[B, 3, H, W]` at the model's
+/// input size (`H, W` from the checkpoint); the `[B, H, W]` anomaly maps are upsampled to each
+/// image's own size for the pictures.
+///
+/// # Errors
+/// Checked before any image is read: invalid options (batch size 0, alpha outside `[0, 1]`,
+/// non-finite threshold), an unknown device, a run folder without a (valid) checkpoint, an
+/// output folder that cannot be created or written, a `per_class` without a calibrated
+/// threshold. Then, stopping at the first: an unreadable or corrupt image (the message names
+/// the file), a non-finite image score (named), a PNG that cannot be written (named), or an
+/// error returned by `on_record`.
+pub fn predict_run(
+    run: &Path,
+    inputs: &[PathBuf],
+    device: &str,
+    opts: &PredictOptions,
+    mut on_record: impl FnMut(&PredictRecord) -> Result<()>,
+) -> Result<Vec<PredictRecord>> {
+    validate(opts)?;
+    if inputs.is_empty() {
+        bail!("no input image given");
+    }
+    let device = parse_device(device).map_err(anyhow::Error::msg)?;
+    let ckpt = checkpoint_of(run)?;
+    if let Some(out) = &opts.out {
+        prepare_out_dir(out)?;
+    }
+    let stems = opts.out.as_deref().map(|out| output_stems(inputs, out));
+    let meta = checkpoint::read_meta(&ckpt)?;
+    let threshold = decision_threshold(meta.thresholds.as_ref(), opts, &ckpt)?;
+    let bounds = meta.thresholds.as_ref().and_then(|t| t.normalisation);
+    if threshold.is_none() {
+        tracing::warn!("{NO_THRESHOLD_HINT}");
+        if opts.out.is_some() {
+            tracing::warn!("no decision threshold: binary masks are not written (overlays are)");
+        }
+    }
+
+    let (model, _) = checkpoint::load(&ckpt, device)?;
+    let pp = preprocess_for(&model.cfg);
+    pp.validate()?;
+    let (h, w) = (pp.size.0 as i64, pp.size.1 as i64);
+
+    let mut records = Vec::with_capacity(inputs.len());
+    for (chunk_no, chunk) in inputs.chunks(opts.batch_size).enumerate() {
+        let decoded: Vec<_> = chunk
+            .par_iter()
+            .map(|p| {
+                let img = load_rgb(p)?;
+                let x = preprocess_rgb(&img, &pp);
+                Ok::<_, omniad_data::DataError>((img, x))
+            })
+            .collect();
+        let mut images = Vec::with_capacity(chunk.len());
+        let mut flat = Vec::with_capacity(chunk.len() * pp.tensor_len());
+        for item in decoded {
+            let (img, x) = item?;
+            flat.extend_from_slice(&x);
+            images.push(img);
+        }
+        let x = images_tensor(&flat, chunk.len(), &pp, model.device());
+        let pred = model.predict(&x);
+        let scores = Vec::<f32>::try_from(
+            pred.image_scores
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float),
+        )?;
+        for (j, (path, img)) in chunk.iter().zip(&images).enumerate() {
+            let score = f64::from(scores[j]);
+            if !score.is_finite() {
+                bail!(
+                    "{}: the image score is {score} (not finite): the checkpoint {} may be damaged",
+                    path.display(),
+                    ckpt.display()
+                );
+            }
+            let (iw, ih) = img.dimensions();
+            let mut record = PredictRecord {
+                path: path.clone(),
+                image_score: score,
+                normalised_score: threshold.map(|t| normalise_score(score, t, bounds)),
+                threshold,
+                anomalous: threshold.map(|t| score >= t),
+                overlay: None,
+                mask: None,
+                width: iw,
+                height: ih,
+            };
+            if let (Some(out), Some(stems)) = (&opts.out, &stems) {
+                let stem = &stems[chunk_no * opts.batch_size + j];
+                let map = upsample(&pred.anomaly_map.get(j as i64), (h, w), (ih, iw))?;
+                let range = overlay::heatmap_range(&map, threshold);
+                let picture = overlay::overlay(img, &map, range, opts.alpha)?;
+                let overlay_path = out.join(format!("{stem}_overlay.png"));
+                overlay::write_rgb_png(&overlay_path, &picture)?;
+                record.overlay = Some(overlay_path);
+                if let Some(t) = threshold {
+                    let mask = overlay::binary_mask(&map, iw, ih, t)?;
+                    let mask_path = out.join(format!("{stem}_mask.png"));
+                    overlay::write_gray_png(&mask_path, &mask)?;
+                    record.mask = Some(mask_path);
+                }
+            }
+            on_record(&record)?;
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// Bilinear resize (`align_corners = false`, PyTorch's `F.interpolate` default) of one anomaly
+/// map `[H, W]` (any device) to `(out_h, out_w)`; returns the `out_h * out_w` values row-major on
+/// the CPU.
+fn upsample(map: &Tensor, (h, w): (i64, i64), (out_h, out_w): (u32, u32)) -> Result<Vec<f32>> {
+    let resized = map
+        .to_kind(Kind::Float)
+        .reshape([1, 1, h, w])
+        .upsample_bilinear2d([i64::from(out_h), i64::from(out_w)], false, None, None);
+    Ok(Vec::<f32>::try_from(
+        resized.to_device(Device::Cpu).flatten(0, -1),
+    )?)
+}

@@ -1,0 +1,195 @@
+//! Run folders: where `omniad train` writes and `omniad eval`/`predict` read.
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use omniad_model::checkpoint::{self, write_atomic};
+use omniad_model::OmniAd;
+use tch::{Device, Tensor};
+
+use crate::optim::AdamW;
+use crate::train::TrainState;
+
+/// File names inside a run folder.
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// Effective training configuration (`config.toml`).
+    pub config: PathBuf,
+    /// Checkpoint description (`model.json`); weights in `model.safetensors`.
+    pub model_json: PathBuf,
+    /// Optimiser state (`train_state.safetensors`).
+    pub opt_state: PathBuf,
+    /// Resume position (`train_state.json`).
+    pub state_json: PathBuf,
+    /// Per-step log (`train_log.jsonl`).
+    pub log: PathBuf,
+    /// Evaluation results (`metrics.json`).
+    pub metrics_json: PathBuf,
+    /// Evaluation results as CSV (`metrics.csv`).
+    pub metrics_csv: PathBuf,
+}
+
+impl RunPaths {
+    /// Paths for the run folder `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            config: dir.join("config.toml"),
+            model_json: dir.join("model.json"),
+            opt_state: dir.join("train_state.safetensors"),
+            state_json: dir.join("train_state.json"),
+            log: dir.join("train_log.jsonl"),
+            metrics_json: dir.join("metrics.json"),
+            metrics_csv: dir.join("metrics.csv"),
+        }
+    }
+}
+
+/// Creates the run folder and checks it is writable. A new run refuses a folder that already
+/// holds a checkpoint (so nothing is overwritten by mistake); a resumed run requires one.
+///
+/// # Errors
+/// Messages naming the folder.
+pub fn prepare_run_dir(paths: &RunPaths, resume: bool) -> Result<()> {
+    if resume {
+        if !paths.state_json.is_file() || !paths.model_json.is_file() {
+            bail!(
+                "{}: nothing to resume (no {} / {})",
+                paths.dir.display(),
+                file_name(&paths.model_json),
+                file_name(&paths.state_json)
+            );
+        }
+    } else if paths.model_json.exists() {
+        bail!(
+            "{}: this run folder already holds a checkpoint; use --resume to continue it or choose another --out",
+            paths.dir.display()
+        );
+    }
+    fs::create_dir_all(&paths.dir)
+        .with_context(|| format!("cannot create run folder {}", paths.dir.display()))?;
+    let probe = paths
+        .dir
+        .join(format!(".write-test-{}", std::process::id()));
+    File::create(&probe)
+        .and_then(|_| fs::remove_file(&probe))
+        .with_context(|| format!("run folder {} is not writable", paths.dir.display()))?;
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Saves the model checkpoint, the optimiser state and the resume position, each atomically.
+/// Thresholds already calibrated in an existing `model.json` are kept.
+///
+/// # Errors
+/// I/O errors naming the file.
+pub fn save_all(
+    paths: &RunPaths,
+    model: &OmniAd,
+    opt: &AdamW,
+    state: &TrainState,
+    provenance: serde_json::Value,
+) -> Result<()> {
+    let thresholds = checkpoint::read_meta(&paths.model_json)
+        .ok()
+        .and_then(|m| m.thresholds);
+    checkpoint::save(model, &paths.dir, "model", thresholds, provenance)?;
+    let bytes = checkpoint::safetensors_bytes(&opt.state_tensors(), &paths.opt_state)?;
+    write_atomic(&paths.opt_state, &bytes)?;
+    let sha = checkpoint::sha256_file(&paths.opt_state)?;
+    let json = serde_json::json!({"state": state, "opt_state_sha256": sha});
+    write_atomic(
+        &paths.state_json,
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// What [`load_resume`] returns: the model, the optimiser state tensors and the position.
+pub type Resumed = (OmniAd, Vec<(String, Tensor)>, TrainState);
+
+/// Loads what [`save_all`] wrote: the model, the optimiser state tensors and the position.
+///
+/// # Errors
+/// Missing, altered (checksum) or inconsistent files, naming the file.
+pub fn load_resume(paths: &RunPaths, device: Device) -> Result<Resumed> {
+    let (model, _) = checkpoint::load(&paths.model_json, device)?;
+    let text = fs::read_to_string(&paths.state_json)
+        .with_context(|| format!("cannot read {}", paths.state_json.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid JSON", paths.state_json.display()))?;
+    let state: TrainState = serde_json::from_value(v["state"].clone())
+        .with_context(|| format!("{}: invalid train state", paths.state_json.display()))?;
+    let want = v["opt_state_sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let found = checkpoint::sha256_file(&paths.opt_state)?;
+    if want != found {
+        bail!(
+            "{}: checksum mismatch (expected {want}, found {found}): the optimiser state is truncated or altered",
+            paths.opt_state.display()
+        );
+    }
+    let opt = Tensor::read_safetensors(&paths.opt_state)
+        .with_context(|| format!("{}: unreadable optimiser state", paths.opt_state.display()))?;
+    Ok((model, opt, state))
+}
+
+/// Append-only JSON-lines log.
+#[derive(Debug)]
+pub struct JsonlLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl JsonlLog {
+    /// Opens `path` for appending. When `keep_steps` is given (a resumed run), lines of steps
+    /// after it — written after the last checkpoint by the interrupted process — are dropped
+    /// first, so the log reads as one uninterrupted run.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn open(path: &Path, keep_steps: Option<u64>) -> Result<Self> {
+        if let (Some(keep), true) = (keep_steps, path.is_file()) {
+            let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut kept = String::new();
+            for line in BufReader::new(f).lines() {
+                let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+                let step = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64());
+                if step.is_none_or(|s| s <= keep) {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            }
+            write_atomic(path, kept.as_bytes())?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open log {}", path.display()))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Appends one JSON object as a line.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn write(&mut self, v: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
