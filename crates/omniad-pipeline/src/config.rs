@@ -148,6 +148,26 @@ impl TrainConfig {
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
             return Err(format!("lr {} must be a positive number", self.optim.lr));
         }
+        let o = &self.optim;
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return Err(format!("weight_decay {} must be >= 0", o.weight_decay));
+        }
+        if !((0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2)) {
+            return Err(format!(
+                "optim betas ({}, {}) must be in [0, 1)",
+                o.beta1, o.beta2
+            ));
+        }
+        if !(o.eps > 0.0 && o.eps.is_finite()) {
+            return Err(format!("optim eps {} must be a positive number", o.eps));
+        }
+        if let Some(c) = o.clip_grad_norm {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(format!(
+                    "clip_grad_norm {c} must be a positive number (omit it to disable clipping)"
+                ));
+            }
+        }
         if self.teacher != TeacherArch::EfficientNetLite0 && self.teacher_weights.is_none() {
             return Err(format!(
                 "teacher {} needs ImageNet weights: pass --teacher-weights FILE ({})",

@@ -19,6 +19,8 @@ pub struct DemoConfig {
     pub dir: PathBuf,
     /// Synthetic dataset settings.
     pub synth: SynthConfig,
+    /// Model input side in pixels (multiple of 32).
+    pub image_size: u32,
     /// Decoder depths (reduced from the paper's `[3, 9, 9, 7]` to fit minutes on a CPU).
     pub depths: [usize; 4],
     /// Epochs.
@@ -43,6 +45,7 @@ impl DemoConfig {
         Self {
             dir: dir.to_path_buf(),
             synth: SynthConfig::default(),
+            image_size: 256,
             depths: [1, 1, 1, 1],
             epochs: 30,
             batch_size: 16,
@@ -59,6 +62,7 @@ impl DemoConfig {
             dataset: DatasetKind::Mvtec,
             data_root: self.dir.join("data"),
             depths: self.depths,
+            image_size: self.image_size,
             epochs: self.epochs,
             batch_size: self.batch_size,
             seed: self.seed,
@@ -76,12 +80,13 @@ impl DemoConfig {
     pub fn describe(&self) -> String {
         format!(
             "synthetic data: {} classes, {} train / {} good + {} defective test images per class at {}px; \
-             model: EfficientNet-Lite0 teacher, decoder depths {:?}; training: {} epochs, batch {}, AdamW lr {:.0e}, device {}",
+             model: EfficientNet-Lite0 teacher, {}px input, decoder depths {:?}; training: {} epochs, batch {}, AdamW lr {:.0e}, device {}",
             self.synth.classes.as_ref().map(|c| c.len()).unwrap_or_else(|| omniad_synth::class_names().len()),
             self.synth.train_per_class,
             self.synth.test_good_per_class,
             self.synth.test_defect_per_class,
             self.synth.size,
+            self.image_size,
             self.depths,
             self.epochs,
             self.batch_size,
