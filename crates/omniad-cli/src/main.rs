@@ -29,8 +29,8 @@ struct Cli {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// CPU threads for libtorch (default: all cores).
-    #[arg(long, global = true)]
+    /// CPU threads for libtorch, at least 1 (default: all cores).
+    #[arg(long, global = true, value_parser = clap::value_parser!(i32).range(1..))]
     threads: Option<i32>,
     #[command(subcommand)]
     command: Command,
@@ -61,7 +61,7 @@ struct DemoArgs {
     /// Folder for the dataset and the run (default: a new folder under the system temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Epochs (default 30).
+    /// Epochs (default 20).
     #[arg(long)]
     epochs: Option<usize>,
     /// Device: cpu, cuda, cuda:N.
@@ -124,9 +124,9 @@ struct TrainArgs {
     epochs: Option<usize>,
     #[arg(long)]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
@@ -144,7 +144,7 @@ struct TrainArgs {
     /// Learnable tokens (a perfect square).
     #[arg(long)]
     num_tokens: Option<i64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     jitter_scale: Option<f64>,
     /// Teacher-feature cache: memory, memory_f16, none.
     #[arg(long, value_parser = parse_cache)]
@@ -202,7 +202,7 @@ struct PredictArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Decision threshold on the image score (default: the calibrated one).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threshold: Option<f64>,
     /// Use this class's calibrated threshold.
     #[arg(long)]
@@ -261,8 +261,57 @@ fn depths4(v: &[usize]) -> Result<[usize; 4]> {
     }
 }
 
+/// Prints a command-line parsing error as one `error: ...` line (clap's usage block and hint
+/// dropped) and exits with clap's status (2); help and version requests print as usual.
+fn exit_on_clap_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let line = text
+        .split("\n\n")
+        .filter(|b| {
+            let b = b.trim_start();
+            !b.starts_with("Usage:") && !b.starts_with("For more information")
+        })
+        .flat_map(str::lines)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.starts_with("error:") {
+        eprintln!("{line} (see --help)");
+    } else {
+        eprintln!("error: {line} (see --help)");
+    }
+    std::process::exit(e.exit_code());
+}
+
+/// The error and its causes on one line, `outer: inner: ...`, skipping a cause whose message the
+/// previous one already ends with (errors that print their source themselves).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !msg.is_empty() && msg.ends_with(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_on_clap_error(e));
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -273,6 +322,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     if let Some(t) = cli.threads {
@@ -281,7 +331,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -374,7 +424,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         if !path.is_file() {
             bail!("{}: no config.toml, nothing to resume", out.display());
         }
-        TrainConfig::from_toml_file(&path).map_err(anyhow::Error::msg)?
+        let mut cfg = TrainConfig::from_toml_file(&path).map_err(anyhow::Error::msg)?;
+        // The run is where the user says it is now (config.toml may hold a path relative to
+        // another working directory).
+        cfg.out = out;
+        cfg
     } else if let Some(p) = &a.config {
         TrainConfig::from_toml_file(p).map_err(anyhow::Error::msg)?
     } else {
@@ -444,8 +498,18 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         if cfg.data_root.as_os_str().is_empty() {
             bail!("--data-root is required (or data_root in --config)");
         }
+        if cfg.data_root.exists() && !cfg.data_root.is_dir() {
+            bail!(
+                "{}: data root is a file, not a folder",
+                cfg.data_root.display()
+            );
+        }
         if !cfg.data_root.is_dir() {
             bail!("{}: data root folder not found", cfg.data_root.display());
+        }
+        // Absolute in config.toml, so that eval and --resume work from any working directory.
+        if let Ok(abs) = std::fs::canonicalize(&cfg.data_root) {
+            cfg.data_root = abs;
         }
     }
     if let Some(v) = a.device {
