@@ -213,8 +213,9 @@ fn tempfile_in(path: &Path) -> Result<PathBuf, CheckpointError> {
 /// `thresholds` and `provenance` go into the JSON as given.
 ///
 /// # Errors
-/// I/O errors naming the file; the previous checkpoint of the same stem stays intact if the
-/// weights cannot be written.
+/// I/O errors naming the file; [`CheckpointError::BadWeights`] if any tensor holds NaN or inf
+/// (a diverged model is never saved). The previous checkpoint of the same stem stays intact if
+/// the weights cannot be written.
 pub fn save(
     model: &OmniAd,
     dir: &Path,
@@ -225,7 +226,23 @@ pub fn save(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let weights_file = format!("{stem}.safetensors");
     let wpath = dir.join(&weights_file);
-    let bytes = safetensors_bytes(&model.named_tensors(), &wpath)?;
+    let tensors = model.named_tensors();
+    let non_finite: Vec<&str> = tensors
+        .iter()
+        .filter(|(_, t)| t.isfinite().logical_not().any().int64_value(&[]) != 0)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !non_finite.is_empty() {
+        return Err(CheckpointError::BadWeights {
+            path: wpath,
+            msg: format!(
+                "refusing to save non-finite (NaN/inf) values in {} tensor(s): {}",
+                non_finite.len(),
+                non_finite.join(", ")
+            ),
+        });
+    }
+    let bytes = safetensors_bytes(&tensors, &wpath)?;
     let sha = hex(&Sha256::digest(&bytes));
     write_atomic(&wpath, &bytes)?;
     let meta = CheckpointMeta {

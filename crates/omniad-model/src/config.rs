@@ -55,7 +55,7 @@ pub struct OmniAdConfig {
     /// Feature-jitter scale on the neck output while training (reference `add_jitter`, 20);
     /// 0 disables it.
     pub jitter_scale: f64,
-    /// Input size `(H, W)` in pixels; both must be multiples of 32.
+    /// Input size `(H, W)` in pixels; both must be multiples of 32 and at least 64.
     pub image_size: (i64, i64),
 }
 
@@ -102,9 +102,10 @@ impl OmniAdConfig {
     /// A message naming the offending field and value.
     pub fn validate(&self) -> Result<(), String> {
         let (h, w) = self.image_size;
-        if h <= 0 || w <= 0 || h % 32 != 0 || w % 32 != 0 {
+        if h < 64 || w < 64 || h % 32 != 0 || w % 32 != 0 {
             return Err(format!(
-                "image_size {h}x{w}: both sides must be positive multiples of 32"
+                "image_size {h}x{w}: both sides must be multiples of 32, at least 64 (the neck's \
+                 BatchNorm needs a map of at least 2x2 at H/32)"
             ));
         }
         let side = (self.num_tokens as f64).sqrt().round() as i64;

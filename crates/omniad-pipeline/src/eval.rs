@@ -362,6 +362,9 @@ pub fn dataset_for_run(
     root: Option<&Path>,
     classes: Option<&[String]>,
 ) -> Result<Dataset> {
+    if !run.is_dir() {
+        bail!("{}: run folder not found", run.display());
+    }
     let paths = RunPaths::new(run);
     let saved = TrainConfig::from_toml_file(&paths.config).ok();
     let kind = kind.or(saved.as_ref().map(|c| c.dataset));
@@ -402,9 +405,26 @@ pub fn eval_run(run: &Path, ds: &Dataset, device: &str, opts: &EvalOptions) -> R
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     checkpoint::write_atomic(&paths.metrics_csv, report_csv(&out.report).as_bytes())?;
-    meta.thresholds = Some(out.thresholds.clone());
+    meta.thresholds = Some(merge_thresholds(meta.thresholds.take(), &out.thresholds));
     checkpoint::write_meta(&ckpt, &meta)?;
     Ok(out)
+}
+
+/// Thresholds after a new calibration: classes evaluated now get their new threshold, classes
+/// not evaluated now keep theirs, and a calibrated global threshold is never replaced by none.
+pub fn merge_thresholds(old: Option<Thresholds>, new: &Thresholds) -> Thresholds {
+    let Some(mut merged) = old else {
+        return new.clone();
+    };
+    for (class, t) in &new.per_class {
+        merged.per_class.insert(class.clone(), *t);
+    }
+    if new.global.is_some() {
+        merged.global = new.global;
+        merged.normalisation = new.normalisation;
+    }
+    merged.method = new.method.clone();
+    merged
 }
 
 /// The report as CSV: one row per class and a `mean` row, fractions in `[0, 1]`, empty cells
@@ -467,6 +487,29 @@ mod tests {
         assert!((t.per_class["a"] - 199.0).abs() < 1e-9);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("no anomalous test image"));
+    }
+
+    #[test]
+    fn merging_keeps_classes_not_evaluated() {
+        let old = Thresholds {
+            global: Some(0.5),
+            per_class: [("a".to_string(), 0.1), ("b".to_string(), 0.2)]
+                .into_iter()
+                .collect(),
+            method: "old".into(),
+            normalisation: Some((0.0, 1.0)),
+        };
+        let new = Thresholds {
+            global: None,
+            per_class: [("a".to_string(), 0.3)].into_iter().collect(),
+            method: "new".into(),
+            normalisation: None,
+        };
+        let m = merge_thresholds(Some(old), &new);
+        assert_eq!(m.global, Some(0.5));
+        assert_eq!(m.per_class["a"], 0.3);
+        assert_eq!(m.per_class["b"], 0.2);
+        assert_eq!(m.normalisation, Some((0.0, 1.0)));
     }
 
     #[test]
