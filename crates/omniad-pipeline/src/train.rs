@@ -169,6 +169,11 @@ fn make_bar(progress: bool, len: u64, what: &str) -> ProgressBar {
 
 /// Trains (or resumes) the run described by `cfg`.
 ///
+/// Determinism: initialisation and feature jitter draw from libtorch's process-global random
+/// generator, seeded from `cfg.seed` (per step for the jitter, so a resumed run draws what an
+/// uninterrupted one would). Two trainings running concurrently in one process therefore
+/// disturb each other's random draws; run them one after the other for reproducible results.
+///
 /// Writes into `cfg.out`: `config.toml` (effective configuration), `model.safetensors` +
 /// `model.json` (checkpoint, atomically), `train_state.safetensors` + `train_state.json`
 /// (optimiser and position, for `--resume`), `train_log.jsonl` (one JSON object per step).

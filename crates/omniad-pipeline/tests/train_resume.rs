@@ -1,6 +1,7 @@
 //! Training behaviour on a tiny synthetic configuration: exact resume, feature cache equivalence.
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use omniad_data::DatasetKind;
 use omniad_model::checkpoint;
@@ -8,6 +9,10 @@ use omniad_pipeline::config::{FeatureCache, TrainConfig};
 use omniad_pipeline::{train, TrainOptions};
 use omniad_synth::SynthConfig;
 use tch::{Device, Tensor};
+
+/// libtorch's random generator (initialisation, jitter) is global to the process, and training
+/// seeds it: tests that train must not run concurrently in this test binary.
+static TRAINING: Mutex<()> = Mutex::new(());
 
 fn tiny_data(dir: &Path) {
     let cfg = SynthConfig {
@@ -54,6 +59,7 @@ fn max_rel_diff(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> f
 
 #[test]
 fn resumed_run_ends_with_the_same_weights() {
+    let _serial = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     tch::set_num_threads(1);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -123,6 +129,7 @@ fn resumed_run_ends_with_the_same_weights() {
 
 #[test]
 fn feature_cache_gives_the_same_training() {
+    let _serial = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     tch::set_num_threads(1);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
