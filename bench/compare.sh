@@ -13,9 +13,9 @@ py=${PYTHON:-python3}
 out=$(mktemp -d)
 cargo build --release -q -p omniad-cli
 target/release/omniad --threads "$threads" bench model --teacher "$teacher" --depths "$depths" \
-    --iters 2 --json > "$out/omniad.json"
+    --iters "${ITERS:-2}" --json > "$out/omniad.json"
 "$py" bench/pytorch_reference.py --teacher "$teacher" --depths "$depths" --threads "$threads" \
-    --phases infer_b1,infer_b8,train_step --warmup 1 --iters 2 --train-iters 2 \
+    --phases infer_b1,infer_b8,train_step --warmup 1 --iters "${ITERS:-2}" --train-iters "${ITERS:-2}" \
     --json "$out/torch.json" > "$out/torch.log"
 "$py" - "$out/omniad.json" "$out/torch.json" <<'PY'
 import json, sys
