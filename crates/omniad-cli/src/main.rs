@@ -1,7 +1,7 @@
 //! `omniad`: multi-class unsupervised anomaly detection with Omni-AD (ICME 2025).
 //!
 //! Every subcommand ends with a one-line error and a non-zero exit status on bad input.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -669,9 +669,4 @@ pub(crate) fn info_line(model: &OmniAd) -> String {
         t as f64 / 1e6,
         f as f64 / 1e6
     )
-}
-
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
 }
