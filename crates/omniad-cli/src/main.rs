@@ -61,7 +61,7 @@ struct DemoArgs {
     /// Folder for the dataset and the run (default: a new folder under the system temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Epochs (default 20).
+    /// Epochs (default 48).
     #[arg(long)]
     epochs: Option<usize>,
     /// Device: cpu, cuda, cuda:N.

@@ -40,15 +40,16 @@ pub struct DemoConfig {
 impl DemoConfig {
     /// The documented demo configuration in `dir`: all synthetic classes at 256x256 (40 train /
     /// 15 good / 25 defective test images each), resized to a 128x128 model input, decoder depths
-    /// `[1, 1, 1, 1]`, 20 epochs, batch 16, lr 1e-3 (the paper's AdamW settings otherwise),
-    /// EfficientNet-Lite0 teacher. Chosen to finish in minutes on 2 CPU cores.
+    /// `[1, 1, 1, 1]`, 48 epochs, batch 16, lr 1e-3 (the paper's AdamW settings otherwise),
+    /// EfficientNet-Lite0 teacher. Measured: 7.3 min on 2 idle CPU cores, mean I-AUROC 0.919,
+    /// P-AUROC 0.979.
     pub fn standard(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
             synth: SynthConfig::default(),
             image_size: 128,
             depths: [1, 1, 1, 1],
-            epochs: 20,
+            epochs: 48,
             batch_size: 16,
             lr: 1e-3,
             device: "cpu".into(),
