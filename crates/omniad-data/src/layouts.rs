@@ -539,11 +539,7 @@ pub(crate) fn read_visa(
                 Split::Test => te.push(s),
             }
         }
-        check_nonempty(class, &tr, &te, &csv_path)?;
-        tr.sort_by(|a, b| a.image.cmp(&b.image));
-        te.sort_by(|a, b| a.image.cmp(&b.image));
-        train.extend(tr);
-        test.extend(te);
+        add_class(class, tr, te, &csv_path, &mut train, &mut test)?;
     }
     Ok(Dataset {
         kind: DatasetKind::Visa,
@@ -556,13 +552,17 @@ pub(crate) fn read_visa(
     })
 }
 
-fn check_nonempty(
+/// Appends one class's samples read from a listing file (`source`), each split sorted by image
+/// path; a split without samples is [`DataError::EmptyClass`].
+fn add_class(
     class: &str,
-    train: &[Sample],
-    test: &[Sample],
+    mut tr: Vec<Sample>,
+    mut te: Vec<Sample>,
     source: &Path,
+    train: &mut Vec<Sample>,
+    test: &mut Vec<Sample>,
 ) -> Result<(), DataError> {
-    for (split, v) in [("train", train), ("test", test)] {
+    for (split, v) in [("train", &tr), ("test", &te)] {
         if v.is_empty() {
             return Err(DataError::EmptyClass {
                 class: class.to_string(),
@@ -571,6 +571,10 @@ fn check_nonempty(
             });
         }
     }
+    tr.sort_by(|a, b| a.image.cmp(&b.image));
+    te.sort_by(|a, b| a.image.cmp(&b.image));
+    train.extend(tr);
+    test.extend(te);
     Ok(())
 }
 
@@ -818,11 +822,7 @@ pub(crate) fn read_realiad(
                 }
             }
         }
-        check_nonempty(class, &tr, &te, &json_path)?;
-        tr.sort_by(|a, b| a.image.cmp(&b.image));
-        te.sort_by(|a, b| a.image.cmp(&b.image));
-        train.extend(tr);
-        test.extend(te);
+        add_class(class, tr, te, &json_path, &mut train, &mut test)?;
     }
     Ok(Dataset {
         kind: DatasetKind::RealIad,
@@ -957,12 +957,8 @@ pub(crate) fn read_meta_json(
                 });
             }
         }
-        let [mut tr, mut te] = parts;
-        check_nonempty(class, &tr, &te, meta_path)?;
-        tr.sort_by(|a, b| a.image.cmp(&b.image));
-        te.sort_by(|a, b| a.image.cmp(&b.image));
-        train.extend(tr);
-        test.extend(te);
+        let [tr, te] = parts;
+        add_class(class, tr, te, meta_path, &mut train, &mut test)?;
     }
     // A meta.json that gives masks promises them for every anomalous test image.
     if any_mask && !opts.allow_missing_masks {
