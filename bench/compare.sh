@@ -1,41 +1,76 @@
 #!/usr/bin/env bash
 # Runs omniad's and the plain-PyTorch benchmark in one go, on the same machine, and prints the
-# ratios (omniad / PyTorch throughput; > 1 means omniad is faster). Not part of CI.
+# ratios. Not part of CI. Needs python3 with bench/requirements.txt (PYTHON=... to choose it).
 #
 #   bash bench/compare.sh [TEACHER] [DEPTHS] [THREADS]
-#   defaults: efficientnet_lite0 3,9,9,7 1     (needs python3 with bench/requirements.txt)
+#   defaults: efficientnet_lite0 3,9,9,7 2
+#
+# Measured, each in its own process (so that peak memory belongs to that measurement alone):
+#   inference at batch 1 and 8 (teacher + neck + decoder + anomaly map + blur + score),
+#   one training step at batch 16 (teacher, forward, backward, clip, AdamW; random batch),
+#   one training epoch (batch 16) over the training images of the synthetic benchmark
+#   (`omniad synth` defaults: 6 classes x 40 images): omniad with its teacher-feature cache and
+#   without it; PyTorch with a DataLoader (PIL decoding, 2 workers) and the teacher every step.
+# ResNet teachers use random weights on both sides (timing only). ITERS (default 2) sets the
+# timed repetitions of the inference and step measurements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 teacher=${1:-efficientnet_lite0}
 depths=${2:-3,9,9,7}
-threads=${3:-1}
+threads=${3:-2}
+iters=${ITERS:-2}
 py=${PYTHON:-python3}
 out=$(mktemp -d)
+bin=target/release/omniad
 cargo build --release -q -p omniad-cli
-target/release/omniad --threads "$threads" bench model --teacher "$teacher" --depths "$depths" \
-    --iters "${ITERS:-2}" --json > "$out/omniad.json"
+"$py" -c "import torch, scipy, safetensors, PIL" || {
+    echo "error: $py lacks torch/scipy/safetensors/pillow (pip install -r bench/requirements.txt)" >&2
+    exit 1
+}
+
+"$bin" synth --out "$out/synth" > /dev/null
+mkdir -p "$out/train"
+for f in "$out"/synth/*/train/good/*.png; do
+    class=$(basename "$(dirname "$(dirname "$(dirname "$f")")")")
+    ln -s "$f" "$out/train/${class}_$(basename "$f")"
+done
+
+echo "[compare] omniad: model" >&2
+"$bin" --threads "$threads" bench model --teacher "$teacher" --depths "$depths" --iters "$iters" \
+    --json > "$out/omniad_model.json"
+for cache in memory none; do
+    echo "[compare] omniad: epoch, feature cache $cache" >&2
+    "$bin" --threads "$threads" bench epoch --data "$out/synth" --teacher "$teacher" \
+        --depths "$depths" --feature-cache "$cache" --json > "$out/omniad_epoch_$cache.json"
+done
+echo "[compare] PyTorch" >&2
 "$py" bench/pytorch_reference.py --teacher "$teacher" --depths "$depths" --threads "$threads" \
-    --phases infer_b1,infer_b8,train_step --warmup 1 --iters "${ITERS:-2}" --train-iters "${ITERS:-2}" \
-    --json "$out/torch.json" > "$out/torch.log"
-"$py" - "$out/omniad.json" "$out/torch.json" <<'PY'
-import json, sys
-o = json.load(open(sys.argv[1])); t = json.load(open(sys.argv[2]))
-def torch_phase(name):
-    for k, v in (t.get("phases") or t).items():
-        if k == name:
-            return v
-    return None
-rows = []
-for inf in o["inference"]:
-    p = torch_phase(f"infer_b{inf['batch']}")
-    if p and p.get("images_per_s"):
-        rows.append((f"inference batch {inf['batch']} (img/s)", inf["images_per_sec"], p["images_per_s"], inf.get("peak_rss_mib"), p.get("peak_rss_mb")))
-p = torch_phase("train_step")
-if p and p.get("images_per_s"):
-    ts = o["train_step"]
-    rows.append((f"training step batch {ts['batch']} (img/s)", ts["images_per_sec"], p["images_per_s"], o.get("peak_rss_mib"), p.get("peak_rss_mb")))
-print(f"{'':34} {'omniad':>10} {'PyTorch':>10} {'ratio':>7} {'omniad MiB':>11} {'PyTorch MiB':>12}")
-for name, a, b, ma, mb in rows:
-    print(f"{name:34} {a:10.2f} {b:10.2f} {a / b:7.2f} {ma or 0:11.0f} {mb or 0:12.0f}")
+    --phases infer_b1,infer_b8,train_step,train_epoch --train-dir "$out/train" --workers 2 \
+    --warmup 1 --iters "$iters" --train-iters "$iters" --json "$out/torch.json" > "$out/torch.log"
+
+"$py" - "$out" "$teacher" "$depths" "$threads" <<'PY'
+import json, os, platform, sys
+out, teacher, depths, threads = sys.argv[1:5]
+load = lambda n: json.load(open(os.path.join(out, n)))
+om, t = load("omniad_model.json"), load("torch.json")["phases"]
+ep = {c: load(f"omniad_epoch_{c}.json")["runs"][0] for c in ("memory", "none")}
+print(f"teacher {teacher}, depths {depths}, {threads} threads, {os.cpu_count()} CPUs ({platform.machine()}), "
+      f"torch {load('torch.json')['torch']}")
+print(f"{'':40} {'omniad':>9} {'PyTorch':>9} {'ratio':>6} {'omniad MiB':>11} {'PyTorch MiB':>12}")
+def row(name, a, b, ma, mb, ratio):
+    print(f"{name:40} {a:9.2f} {b:9.2f} {ratio:6.2f} {ma:11.0f} {mb:12.0f}")
+for inf in om["inference"]:
+    p = t[f"infer_b{inf['batch']}"]
+    row(f"inference batch {inf['batch']} (img/s, ratio = speed-up)", inf["images_per_sec"], p["images_per_s"],
+        inf["peak_rss_mib"], p["peak_rss_mb"], inf["images_per_sec"] / p["images_per_s"])
+ts, p = om["train_step"], t["train_step"]
+row(f"training step batch {ts['batch']} (img/s, speed-up)", ts["images_per_sec"], p["images_per_s"],
+    om["peak_rss_mib"], p["peak_rss_mb"], ts["images_per_sec"] / p["images_per_s"])
+p = t["train_epoch"]
+for c, label in (("memory", "feature cache"), ("none", "no cache")):
+    e = ep[c]
+    row(f"epoch, omniad {label} (s, time ratio)", e["seconds"], p["epoch_s"], e["peak_rss_mib_so_far"],
+        p["peak_rss_mb"], e["seconds"] / p["epoch_s"])
+print(f"epoch: {p['images']} images, {p['steps']} steps of {p['batch']}; PyTorch data wait {p['data_wait_s']:.1f} s")
 PY
 echo "raw results: $out"

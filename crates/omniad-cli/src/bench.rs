@@ -6,6 +6,9 @@
 //!   teacher and decoder depths; peak resident memory of the process after each phase.
 //! - `omniad bench epoch --data DIR`: one training epoch over a dataset, with and without the
 //!   teacher-feature cache.
+//! - `omniad bench parts`: where the time of inference and of a training step goes — teacher,
+//!   neck, and per decoder stage the global branch, local branch, fusion and upsampling, the
+//!   anomaly map and AdamW — each timed alone on inputs of its real shape.
 //!
 //! Print JSON with `--json` for scripts (e.g. bench/compare.sh).
 use std::path::PathBuf;
@@ -54,18 +57,41 @@ enum BenchWhat {
         #[arg(long, value_delimiter = ',', default_value = "1,8")]
         infer_batches: Vec<i64>,
     },
-    /// One training epoch over a dataset folder (MVTec layout), cache vs no cache.
-    Epoch {
-        #[arg(long)]
-        data: PathBuf,
+    /// Per-component profile: forward (no autograd) and forward + backward time of each part.
+    Parts {
         #[arg(long, default_value = "efficientnet_lite0")]
         teacher: TeacherArch,
+        #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
+        depths: Vec<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Timed repetitions of each measurement (after one warm-up).
+        #[arg(long, default_value_t = 2)]
+        iters: usize,
+        /// Batch size of every measurement.
+        #[arg(long, default_value_t = 16)]
+        batch: i64,
+    },
+    /// One training epoch (batch 16) over a dataset folder in MVTec layout — by default the
+    /// synthetic benchmark (`omniad synth` defaults, 240 training images), generated in a
+    /// temporary folder — with and without the teacher-feature cache.
+    Epoch {
+        /// Dataset root (MVTec layout); default: a freshly generated synthetic benchmark.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value = "efficientnet_lite0")]
+        teacher: TeacherArch,
+        /// Teacher weights; a ResNet without them gets random weights (timing only).
         #[arg(long)]
         teacher_weights: Option<PathBuf>,
         #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
         depths: Vec<usize>,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Run only this cache mode (memory, memory_f16, none) so that the process's peak
+        /// memory belongs to it; default: memory, then none.
+        #[arg(long, value_parser = crate::parse_cache)]
+        feature_cache: Option<omniad_pipeline::config::FeatureCache>,
     },
 }
 
@@ -113,13 +139,42 @@ pub fn run(a: BenchArgs) -> Result<()> {
             };
             bench_model(&cfg, device, iters, train_batch, &infer_batches)?
         }
+        BenchWhat::Parts {
+            teacher,
+            depths,
+            device,
+            iters,
+            batch,
+        } => {
+            let device =
+                omniad_pipeline::device::parse_device(&device).map_err(anyhow::Error::msg)?;
+            let cfg = OmniAdConfig {
+                teacher,
+                depths: crate::depths4(&depths)?,
+                ..OmniAdConfig::paper()
+            };
+            let out = bench_parts(&cfg, device, iters, batch)?;
+            if !a.json {
+                print_parts(&out);
+                return Ok(());
+            }
+            out
+        }
         BenchWhat::Epoch {
             data,
             teacher,
             teacher_weights,
             depths,
             device,
-        } => bench_epoch(data, teacher, teacher_weights, &depths, device)?,
+            feature_cache,
+        } => bench_epoch(
+            data,
+            teacher,
+            teacher_weights,
+            &depths,
+            device,
+            feature_cache,
+        )?,
     };
     if a.json {
         println!("{out}");
@@ -190,15 +245,56 @@ fn bench_model(
 }
 
 fn bench_epoch(
-    data: PathBuf,
+    data: Option<PathBuf>,
     teacher: TeacherArch,
     teacher_weights: Option<PathBuf>,
     depths: &[usize],
     device: String,
+    only: Option<omniad_pipeline::config::FeatureCache>,
 ) -> Result<serde_json::Value> {
     use omniad_pipeline::config::{FeatureCache, TrainConfig};
+    let scratch = tempfile::tempdir()?;
+    let data = match data {
+        Some(d) => d,
+        None => {
+            let d = scratch.path().join("synth");
+            omniad_synth::generate(&d, &omniad_synth::SynthConfig::default())?;
+            d
+        }
+    };
+    let mut weights_note = "given";
+    let teacher_weights = match teacher_weights {
+        Some(w) => Some(w),
+        None if teacher == TeacherArch::EfficientNetLite0 => {
+            weights_note = "shipped";
+            None
+        }
+        None => {
+            // Timing only: random teacher weights in a timm-named file.
+            weights_note = "random init (timing only)";
+            let cfg = OmniAdConfig {
+                teacher,
+                ..OmniAdConfig::paper()
+            };
+            let model = OmniAd::new(&cfg, Device::Cpu).map_err(anyhow::Error::msg)?;
+            let prefix = format!("{}.", omniad_model::model::TEACHER_PREFIX);
+            let tensors: Vec<(String, Tensor)> = model
+                .teacher_vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| (n.strip_prefix(&prefix).unwrap_or(&n).to_string(), t))
+                .collect();
+            let path = scratch.path().join("teacher.safetensors");
+            Tensor::write_safetensors(&tensors, &path)?;
+            Some(path)
+        }
+    };
+    let modes = match only {
+        Some(m) => vec![m],
+        None => vec![FeatureCache::Memory, FeatureCache::None],
+    };
     let mut results = Vec::new();
-    for cache in [FeatureCache::Memory, FeatureCache::None] {
+    for cache in modes {
         let dir = tempfile::tempdir()?;
         let cfg = TrainConfig {
             data_root: data.clone(),
@@ -215,9 +311,190 @@ fn bench_epoch(
         let t = Instant::now();
         let o = omniad_pipeline::train(&cfg, &omniad_pipeline::TrainOptions::default())?;
         results.push(json!({"feature_cache": cache, "seconds": t.elapsed().as_secs_f64(), "cache_seconds": o.cache_seconds,
-            "images_per_sec": o.images_per_sec, "peak_rss_mib": peak_rss_mib()}));
+            "images_per_sec": o.images_per_sec, "steps": o.steps,
+            "peak_rss_mib_so_far": peak_rss_mib()}));
     }
     Ok(
-        json!({"bench": "epoch", "data": data.display().to_string(), "teacher": teacher.to_string(), "depths": depths, "runs": results}),
+        json!({"bench": "epoch", "data": data.display().to_string(), "teacher": teacher.to_string(),
+        "teacher_weights": weights_note, "depths": depths, "threads": tch::get_num_threads(),
+        "runs": results}),
     )
+}
+
+/// Forward time (no autograd) and forward + backward time of `f` on its inputs, seconds per call.
+/// The backward pass is seeded with a fixed random output gradient; gradients accumulate into
+/// the parameters and inputs (their values do not matter here).
+fn time_fwd_bwd(iters: usize, device: Device, f: impl Fn() -> Tensor) -> (f64, f64) {
+    let fwd = time(iters, || {
+        let _ = tch::no_grad(&f);
+        sync(device);
+    });
+    let g = tch::no_grad(&f).randn_like();
+    let fwd_bwd = time(iters, || {
+        (f() * &g).sum(Kind::Float).backward();
+        sync(device);
+    });
+    (fwd, fwd_bwd)
+}
+
+fn bench_parts(
+    cfg: &OmniAdConfig,
+    device: Device,
+    iters: usize,
+    batch: i64,
+) -> Result<serde_json::Value> {
+    use omniad_model::decoder::{OmniBlock, PatchExpand};
+    use omniad_model::neck::Neck;
+    tch::manual_seed(0);
+    let model = OmniAd::new(cfg, device).map_err(anyhow::Error::msg)?;
+    let (h, w) = cfg.image_size;
+    let x = Tensor::randn([batch, 3, h, w], (Kind::Float, device));
+    let mut rows = Vec::new();
+    let mut row = |name: String, shape: Vec<i64>, count: usize, fwd: f64, fwd_bwd: Option<f64>| {
+        rows.push(json!({"part": name, "input_shape": shape, "count": count,
+            "forward_ms": fwd * 1e3, "forward_backward_ms": fwd_bwd.map(|t| t * 1e3),
+            "inference_ms": fwd * 1e3 * count as f64,
+            "training_ms": fwd_bwd.unwrap_or(fwd) * 1e3 * count as f64}));
+    };
+    // Teacher: always without autograd (frozen; the trainer runs it under no_grad too).
+    let t_fwd = time(iters, || {
+        let _ = model.teacher_features(&x);
+        sync(device);
+    });
+    row("teacher".into(), x.size(), 1, t_fwd, None);
+    let feats = model.teacher_features(&x);
+    let vs = tch::nn::VarStore::new(device);
+    let neck = Neck::new(
+        &(vs.root() / "Neck"),
+        model.teacher().arch().channels(),
+        cfg.neck_width,
+    );
+    let (fwd, fb) = time_fwd_bwd(iters, device, || neck.forward_t(&feats, true));
+    row("neck".into(), feats[0].size(), 1, fwd, Some(fb));
+    let dims = cfg.stage_dims();
+    let (h0, w0) = (h / 32, w / 32);
+    for (i, &depth) in cfg.depths.iter().enumerate() {
+        let (sh, sw) = (h0 << i, w0 << i);
+        let p = vs.root() / format!("stage{i}");
+        if i > 0 {
+            let up = PatchExpand::new(&(&p / "upsample"), dims[i - 1], dims[i]);
+            let xin = Tensor::randn([batch, sh / 2, sw / 2, dims[i - 1]], (Kind::Float, device))
+                .set_requires_grad(true);
+            let (fwd, fb) = time_fwd_bwd(iters, device, || up.forward(&xin));
+            row(format!("stage {i} upsample"), xin.size(), 1, fwd, Some(fb));
+        }
+        if depth == 0 {
+            continue;
+        }
+        let block = OmniBlock::new(&(&p / "block"), dims[i], cfg);
+        let xin =
+            Tensor::randn([batch, sh, sw, dims[i]], (Kind::Float, device)).set_requires_grad(true);
+        if block.global_branch(&xin).is_some() {
+            let (fwd, fb) =
+                time_fwd_bwd(iters, device, || block.global_branch(&xin).expect("built"));
+            row(
+                format!("stage {i} global branch"),
+                xin.size(),
+                depth,
+                fwd,
+                Some(fb),
+            );
+        }
+        if block.local_branch(&xin).is_some() {
+            let (fwd, fb) =
+                time_fwd_bwd(iters, device, || block.local_branch(&xin).expect("built"));
+            row(
+                format!("stage {i} local branch"),
+                xin.size(),
+                depth,
+                fwd,
+                Some(fb),
+            );
+        }
+        let fused =
+            Tensor::randn([batch, sh, sw, dims[i]], (Kind::Float, device)).set_requires_grad(true);
+        let (fwd, fb) = time_fwd_bwd(iters, device, || block.fuse(&xin, &fused));
+        row(
+            format!("stage {i} fusion (l, IN, l2)"),
+            xin.size(),
+            depth,
+            fwd,
+            Some(fb),
+        );
+    }
+    // Anomaly map (inference only) and the loss (training only), on real-shaped features.
+    let recon: Vec<Tensor> = feats.iter().map(|f| f.randn_like()).collect();
+    let map = time(iters, || {
+        let _ = omniad_model::anomaly_map::anomaly_map(&feats, &recon, (h, w));
+        sync(device);
+    });
+    row(
+        "anomaly map + blur + score".into(),
+        feats[0].size(),
+        1,
+        map,
+        Some(0.0),
+    );
+    let recon: Vec<Tensor> = recon
+        .into_iter()
+        .map(|r| r.set_requires_grad(true))
+        .collect();
+    let loss = time(iters, || {
+        OmniAd::loss(&feats, &recon).backward();
+        sync(device);
+    });
+    rows.push(json!({"part": "loss (fwd + bwd)", "input_shape": feats[0].size(), "count": 1,
+        "forward_ms": null, "forward_backward_ms": loss * 1e3, "inference_ms": 0.0, "training_ms": loss * 1e3}));
+    let mut opt = AdamW::new(AdamWConfig::default(), model.trainable_named());
+    // Real gradients for every parameter (one full backward), so that AdamW does all its work.
+    OmniAd::loss(&feats, &model.reconstruct(&feats, true)).backward();
+    let step = time(iters, || {
+        opt.step(1e-3);
+        sync(device);
+    });
+    rows.push(json!({"part": "AdamW step (+ clip)", "input_shape": [model.num_params().0], "count": 1,
+        "forward_ms": null, "forward_backward_ms": step * 1e3, "inference_ms": 0.0, "training_ms": step * 1e3}));
+    Ok(
+        json!({"bench": "parts", "model": crate::info_line(&model), "device": format!("{device:?}"),
+        "threads": tch::get_num_threads(), "batch": batch, "parts": rows}),
+    )
+}
+
+fn print_parts(out: &serde_json::Value) {
+    let rows = out["parts"].as_array().cloned().unwrap_or_default();
+    let total = |key: &str| rows.iter().filter_map(|r| r[key].as_f64()).sum::<f64>();
+    let (ti, tt) = (total("inference_ms"), total("training_ms"));
+    println!(
+        "{} | {} | {} threads | batch {}",
+        out["model"].as_str().unwrap_or(""),
+        out["device"].as_str().unwrap_or(""),
+        out["threads"],
+        out["batch"]
+    );
+    println!(
+        "{:<30} {:>5} {:>11} {:>12} {:>13} {:>6} {:>13} {:>6}",
+        "part", "count", "fwd ms", "fwd+bwd ms", "inference ms", "%", "training ms", "%"
+    );
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |t| format!("{t:.1}"));
+    for r in &rows {
+        let (i, t) = (
+            r["inference_ms"].as_f64().unwrap_or(0.0),
+            r["training_ms"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "{:<30} {:>5} {:>11} {:>12} {:>13.1} {:>6.1} {:>13.1} {:>6.1}",
+            r["part"].as_str().unwrap_or(""),
+            r["count"],
+            ms(&r["forward_ms"]),
+            ms(&r["forward_backward_ms"]),
+            i,
+            100.0 * i / ti.max(1e-9),
+            t,
+            100.0 * t / tt.max(1e-9)
+        );
+    }
+    println!(
+        "{:<30} {:>5} {:>11} {:>12} {:>13.1} {:>6} {:>13.1}",
+        "sum", "", "", "", ti, "", tt
+    );
 }

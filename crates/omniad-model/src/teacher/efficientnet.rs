@@ -86,11 +86,11 @@ impl MbConv {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let y = match &self.expand {
-            Some((conv, bn)) => relu6(&bn.forward(&conv.forward_same(x)?)?)?,
+            Some((conv, bn)) => relu6(&conv.forward_bn(x, bn, true)?)?,
             None => x.shallow_clone(),
         };
-        let y = relu6(&self.bn1.forward(&self.depthwise.forward_same(&y)?)?)?;
-        let y = self.bn2.forward(&self.project.forward_same(&y)?)?;
+        let y = relu6(&self.depthwise.forward_bn(&y, &self.bn1, true)?)?;
+        let y = self.project.forward_bn(&y, &self.bn2, true)?;
         if self.residual {
             y.f_add(x)
         } else {
@@ -143,7 +143,7 @@ impl EfficientNetLite0 {
     /// `[B, 3, H, W]` -> outputs of blocks 2 (24 ch, stride 4), 4 (40 ch, stride 8) and
     /// 10 (112 ch, stride 16).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>, TchError> {
-        let mut y = relu6(&self.bn0.forward(&self.conv_stem.forward_same(x)?)?)?;
+        let mut y = relu6(&self.conv_stem.forward_bn(x, &self.bn0, true)?)?;
         let mut features = Vec::with_capacity(FEATURE_BLOCKS.len());
         for (i, block) in self.blocks.iter().enumerate() {
             y = block.forward(&y)?;

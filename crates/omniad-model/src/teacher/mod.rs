@@ -225,6 +225,12 @@ pub struct Teacher {
     net: Net,
 }
 
+/// `[B, C, H, W]` with channels-last strides (PyTorch's `torch.channels_last`): same shape and
+/// values, memory ordered `[B, H, W, C]`.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
 impl Teacher {
     /// Creates the teacher's variables under `p`, randomly initialised (Kaiming-normal
     /// convolutions, identity BatchNorm) until weights are loaded, non-trainable. Names are
@@ -316,7 +322,11 @@ impl Teacher {
     /// and device. Returns `[B, c1, ceil(H/4), ceil(W/4)]`, `[B, c2, ceil(H/8), ceil(W/8)]`,
     /// `[B, c3, ceil(H/16), ceil(W/16)]` (exactly `H/4`, ... when `H`, `W` are multiples of 16)
     /// with channels [`TeacherArch::channels`]. BatchNorm uses running statistics (eval mode).
-    /// Gradients flow to `x` unless the caller wraps the call in [`tch::no_grad`]; the weights
+    /// Internally the input is laid out channels-last (NHWC strides) first, which makes
+    /// libtorch's (mkldnn) convolutions faster on CPU — measured 1.3x for EfficientNet-Lite0 and
+    /// 1.1x for ResNet34 at batch 16 on 2 cores; the returned maps are contiguous NCHW again, so
+    /// that fresh and cached features (training's feature cache) are bit-identical inputs to the
+    /// neck. Gradients flow to `x` unless the caller wraps the call in [`tch::no_grad`]; the weights
     /// never require gradients.
     ///
     /// # Errors
@@ -343,10 +353,12 @@ impl Teacher {
                 self.device()
             )));
         }
-        Ok(match &self.net {
+        let x = &channels_last(x);
+        let feats = match &self.net {
             Net::ResNet(n) => n.forward(x)?,
             Net::EfficientNet(n) => n.forward(x)?,
-        })
+        };
+        Ok(feats.iter().map(Tensor::contiguous).collect())
     }
 
     /// [`Teacher::try_forward`] for inputs the caller has already validated.

@@ -88,7 +88,7 @@ impl Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let shortcut = |ds: &Option<Downsample>| -> Result<Tensor, TchError> {
             match ds {
-                Some(d) => d.bn.forward(&d.conv.forward(x)?),
+                Some(d) => d.conv.forward_bn(x, &d.bn, false),
                 None => Ok(x.shallow_clone()),
             }
         };
@@ -100,8 +100,8 @@ impl Block {
                 bn2,
                 downsample,
             } => {
-                let y = bn1.forward(&conv1.forward(x)?)?.f_relu()?;
-                let y = bn2.forward(&conv2.forward(&y)?)?;
+                let y = conv1.forward_bn(x, bn1, false)?.f_relu()?;
+                let y = conv2.forward_bn(&y, bn2, false)?;
                 y.f_add(&shortcut(downsample)?)?
             }
             Block::Bottleneck {
@@ -113,9 +113,9 @@ impl Block {
                 bn3,
                 downsample,
             } => {
-                let y = bn1.forward(&conv1.forward(x)?)?.f_relu()?;
-                let y = bn2.forward(&conv2.forward(&y)?)?.f_relu()?;
-                let y = bn3.forward(&conv3.forward(&y)?)?;
+                let y = conv1.forward_bn(x, bn1, false)?.f_relu()?;
+                let y = conv2.forward_bn(&y, bn2, false)?.f_relu()?;
+                let y = conv3.forward_bn(&y, bn3, false)?;
                 y.f_add(&shortcut(downsample)?)?
             }
         };
@@ -191,7 +191,7 @@ impl ResNet {
 
     /// `[B, 3, H, W]` -> outputs of `layer1` (stride 4), `layer2` (stride 8), `layer3` (stride 16).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>, TchError> {
-        let y = self.bn1.forward(&self.conv1.forward(x)?)?.f_relu()?;
+        let y = self.conv1.forward_bn(x, &self.bn1, false)?.f_relu()?;
         let mut y = y.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
         let mut features = Vec::with_capacity(3);
         for layer in &self.layers {
