@@ -325,6 +325,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    omniad_pipeline::alloc::tune_allocator();
     if let Some(t) = cli.threads {
         tch::set_num_threads(t);
     }

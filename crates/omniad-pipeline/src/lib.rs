@@ -4,6 +4,8 @@
 //! - [`eval`]: `omniad eval` (metrics per class, thresholds, saved maps).
 //! - [`predict`]: `omniad predict` (scores, decisions, heatmap overlays, masks).
 //! - [`demo`]: `omniad demo` (synthetic data, training, evaluation in one go).
+//! - [`alloc`]: allocator settings that make libtorch's CPU tensors cheaper to allocate.
+pub mod alloc;
 pub mod config;
 pub mod demo;
 pub mod device;
