@@ -717,3 +717,47 @@ fn unreadable_training_image_leaves_no_partial_checkpoint() {
         }
     }
 }
+
+#[test]
+fn bench_parts_profiles_every_component() {
+    let out = run(&[
+        "bench", "parts", "--depths", "1,0,1,1", "--batch", "1", "--iters", "1", "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let parts = v["parts"].as_array().expect("parts");
+    let names: Vec<&str> = parts.iter().map(|p| p["part"].as_str().unwrap()).collect();
+    // Stage 1 has depth 0: its upsampling layer is still there, its blocks are not.
+    for want in [
+        "teacher",
+        "neck",
+        "stage 0 global branch",
+        "stage 0 local branch",
+        "stage 1 upsample",
+        "stage 3 fusion (l, IN, l2)",
+        "anomaly map + blur + score",
+        "AdamW step (+ clip)",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    assert!(!names.contains(&"stage 1 global branch"), "{names:?}");
+    for p in parts {
+        let t = p["training_ms"].as_f64().expect("training_ms");
+        assert!(t >= 0.0 && t.is_finite(), "{p}");
+        if let Some(f) = p["forward_ms"].as_f64() {
+            assert!(f > 0.0, "{p}");
+            // Forward + backward of a trainable part costs more than its forward.
+            if let Some(fb) = p["forward_backward_ms"].as_f64() {
+                if p["part"].as_str().unwrap().contains("branch") {
+                    assert!(fb > f, "{p}");
+                }
+            }
+        }
+    }
+    // The input shapes are the real ones: stage 3 works at 64x64 with the teacher's 24 channels.
+    let s3 = parts
+        .iter()
+        .find(|p| p["part"] == "stage 3 local branch")
+        .expect("stage 3");
+    assert_eq!(s3["input_shape"], serde_json::json!([1, 64, 64, 24]));
+}
