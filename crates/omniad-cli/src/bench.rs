@@ -130,13 +130,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             train_batch,
             infer_batches,
         } => {
-            let device =
-                omniad_pipeline::device::parse_device(&device).map_err(anyhow::Error::msg)?;
-            let cfg = OmniAdConfig {
-                teacher,
-                depths: crate::depths4(&depths)?,
-                ..OmniAdConfig::paper()
-            };
+            let (cfg, device) = model_setup(teacher, &depths, &device)?;
             bench_model(&cfg, device, iters, train_batch, &infer_batches)?
         }
         BenchWhat::Parts {
@@ -146,13 +140,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             iters,
             batch,
         } => {
-            let device =
-                omniad_pipeline::device::parse_device(&device).map_err(anyhow::Error::msg)?;
-            let cfg = OmniAdConfig {
-                teacher,
-                depths: crate::depths4(&depths)?,
-                ..OmniAdConfig::paper()
-            };
+            let (cfg, device) = model_setup(teacher, &depths, &device)?;
             let out = bench_parts(&cfg, device, iters, batch)?;
             if !a.json {
                 print_parts(&out);
@@ -182,6 +170,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
+}
+
+/// The paper configuration with this teacher and these depths, and the parsed device.
+fn model_setup(
+    teacher: TeacherArch,
+    depths: &[usize],
+    device: &str,
+) -> Result<(OmniAdConfig, Device)> {
+    let device = omniad_pipeline::device::parse_device(device).map_err(anyhow::Error::msg)?;
+    let cfg = OmniAdConfig {
+        teacher,
+        depths: crate::depths4(depths)?,
+        ..OmniAdConfig::paper()
+    };
+    Ok((cfg, device))
 }
 
 fn sync(device: Device) {
@@ -272,18 +275,9 @@ fn bench_epoch(
         None => {
             // Timing only: random teacher weights in a timm-named file.
             weights_note = "random init (timing only)";
-            let cfg = OmniAdConfig {
-                teacher,
-                ..OmniAdConfig::paper()
-            };
-            let model = OmniAd::new(&cfg, Device::Cpu).map_err(anyhow::Error::msg)?;
-            let prefix = format!("{}.", omniad_model::model::TEACHER_PREFIX);
-            let tensors: Vec<(String, Tensor)> = model
-                .teacher_vs
-                .variables()
-                .into_iter()
-                .map(|(n, t)| (n.strip_prefix(&prefix).unwrap_or(&n).to_string(), t))
-                .collect();
+            let vs = tch::nn::VarStore::new(Device::Cpu);
+            let _teacher = omniad_model::Teacher::new(&vs.root(), teacher);
+            let tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
             let path = scratch.path().join("teacher.safetensors");
             Tensor::write_safetensors(&tensors, &path)?;
             Some(path)
@@ -369,7 +363,9 @@ fn bench_parts(
         model.teacher().arch().channels(),
         cfg.neck_width,
     );
-    let (fwd, fb) = time_fwd_bwd(iters, device, || neck.forward_t(&feats, true));
+    // Inference uses BatchNorm running statistics, training batch statistics.
+    let (fwd, _) = time_fwd_bwd(iters, device, || neck.forward_t(&feats, false));
+    let (_, fb) = time_fwd_bwd(iters, device, || neck.forward_t(&feats, true));
     row("neck".into(), feats[0].size(), 1, fwd, Some(fb));
     let dims = cfg.stage_dims();
     let (h0, w0) = (h / 32, w / 32);
@@ -389,7 +385,7 @@ fn bench_parts(
         let block = OmniBlock::new(&(&p / "block"), dims[i], cfg);
         let xin =
             Tensor::randn([batch, sh, sw, dims[i]], (Kind::Float, device)).set_requires_grad(true);
-        if block.global_branch(&xin).is_some() {
+        if block.has_global_branch() {
             let (fwd, fb) =
                 time_fwd_bwd(iters, device, || block.global_branch(&xin).expect("built"));
             row(
@@ -400,7 +396,7 @@ fn bench_parts(
                 Some(fb),
             );
         }
-        if block.local_branch(&xin).is_some() {
+        if block.has_local_branch() {
             let (fwd, fb) =
                 time_fwd_bwd(iters, device, || block.local_branch(&xin).expect("built"));
             row(
@@ -428,12 +424,10 @@ fn bench_parts(
         let _ = omniad_model::anomaly_map::anomaly_map(&feats, &recon, (h, w));
         sync(device);
     });
-    row(
-        "anomaly map + blur + score".into(),
-        feats[0].size(),
-        1,
-        map,
-        Some(0.0),
+    rows.push(
+        json!({"part": "anomaly map + blur + score", "input_shape": feats[0].size(),
+        "count": 1, "forward_ms": map * 1e3, "forward_backward_ms": null,
+        "inference_ms": map * 1e3, "training_ms": 0.0}),
     );
     let recon: Vec<Tensor> = recon
         .into_iter()

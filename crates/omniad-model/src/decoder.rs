@@ -90,7 +90,9 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: PostSoftmaxBias) -> Tensor {
         if s[0] == b {
             t.shallow_clone()
         } else {
-            t.expand([b, s[1], s[2], s[3]], false)
+            // Materialised (the expanded side is always the 64 learnable tokens, so this is
+            // cheap): no stride-0 inputs reach the fused kernels of other backends.
+            t.expand([b, s[1], s[2], s[3]], false).contiguous()
         }
     };
     let out = Tensor::scaled_dot_product_attention::<Tensor>(
@@ -270,6 +272,16 @@ impl OmniBlock {
             l: linear(p / "l", dim, dim, true),
             l2: linear(p / "l2", dim, dim, true),
         }
+    }
+
+    /// Whether the block has a global branch (not `Branches::LocalOnly`).
+    pub fn has_global_branch(&self) -> bool {
+        self.global.is_some()
+    }
+
+    /// Whether the block has a local branch (not `Branches::GlobalOnly`).
+    pub fn has_local_branch(&self) -> bool {
+        self.local.is_some()
     }
 
     /// Global branch alone (reference `ToProxy2`, residuals included): `[B, H, W, C]` ->

@@ -12,15 +12,17 @@ pub const MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
 /// Free heap top kept before giving memory back to the kernel.
 pub const TRIM_THRESHOLD_BYTES: i32 = 1 << 30;
 
-/// Applies the settings above to glibc's `malloc` (`mallopt`), unless the user set
-/// `GLIBC_TUNABLES`, which then wins. Call it once at start-up, before large tensors exist.
+/// Applies the settings above to glibc's `malloc` (`mallopt`), unless the user tunes malloc
+/// already (`glibc.malloc.*` in `GLIBC_TUNABLES`, or `MALLOC_MMAP_THRESHOLD_` /
+/// `MALLOC_TRIM_THRESHOLD_`), which then wins. Call it once at start-up, before large tensors
+/// exist.
 ///
-/// Returns whether the settings were applied (false on other C libraries, or with
-/// `GLIBC_TUNABLES` set).
+/// Returns whether the settings were applied (false on other C libraries, or when the user's
+/// malloc settings win).
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        if user_tunes_malloc() {
             return false;
         }
         // SAFETY: mallopt only changes allocator parameters; it is thread-safe in glibc.
@@ -35,12 +37,21 @@ pub fn tune_allocator() -> bool {
     }
 }
 
+/// Whether the environment already sets glibc malloc parameters.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn user_tunes_malloc() -> bool {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    tunables.contains("glibc.malloc.")
+        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_accepts_the_settings() {
-        if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        if !super::user_tunes_malloc() {
             assert!(super::tune_allocator());
             // Tensors still allocate and free normally afterwards.
             let t = tch::Tensor::ones([4 << 20], (tch::Kind::Float, tch::Device::Cpu));
