@@ -31,6 +31,17 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// Which network to time (the paper configuration with this teacher and these depths).
+#[derive(Args, Debug)]
+struct ModelChoice {
+    #[arg(long, default_value = "efficientnet_lite0")]
+    teacher: TeacherArch,
+    #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
+    depths: Vec<usize>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchWhat {
     /// Metrics on N synthetic maps (default: MVTec-sized, 1725 maps of 256x256).
@@ -42,12 +53,8 @@ enum BenchWhat {
     },
     /// Inference and one training step.
     Model {
-        #[arg(long, default_value = "efficientnet_lite0")]
-        teacher: TeacherArch,
-        #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
-        depths: Vec<usize>,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        model: ModelChoice,
         /// Timed repetitions of each measurement (after one warm-up).
         #[arg(long, default_value_t = 3)]
         iters: usize,
@@ -59,12 +66,8 @@ enum BenchWhat {
     },
     /// Per-component profile: forward (no autograd) and forward + backward time of each part.
     Parts {
-        #[arg(long, default_value = "efficientnet_lite0")]
-        teacher: TeacherArch,
-        #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
-        depths: Vec<usize>,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        model: ModelChoice,
         /// Timed repetitions of each measurement (after one warm-up).
         #[arg(long, default_value_t = 2)]
         iters: usize,
@@ -123,24 +126,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "peak_rss_mib": peak_rss_mib()})
         }
         BenchWhat::Model {
-            teacher,
-            depths,
-            device,
+            model,
             iters,
             train_batch,
             infer_batches,
         } => {
-            let (cfg, device) = model_setup(teacher, &depths, &device)?;
+            let (cfg, device) = model.setup()?;
             bench_model(&cfg, device, iters, train_batch, &infer_batches)?
         }
         BenchWhat::Parts {
-            teacher,
-            depths,
-            device,
+            model,
             iters,
             batch,
         } => {
-            let (cfg, device) = model_setup(teacher, &depths, &device)?;
+            let (cfg, device) = model.setup()?;
             let out = bench_parts(&cfg, device, iters, batch)?;
             if !a.json {
                 print_parts(&out);
@@ -172,19 +171,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The paper configuration with this teacher and these depths, and the parsed device.
-fn model_setup(
-    teacher: TeacherArch,
-    depths: &[usize],
-    device: &str,
-) -> Result<(OmniAdConfig, Device)> {
-    let device = omniad_pipeline::device::parse_device(device).map_err(anyhow::Error::msg)?;
-    let cfg = OmniAdConfig {
-        teacher,
-        depths: crate::depths4(depths)?,
-        ..OmniAdConfig::paper()
-    };
-    Ok((cfg, device))
+impl ModelChoice {
+    /// The paper configuration with this teacher and these depths, and the parsed device.
+    fn setup(&self) -> Result<(OmniAdConfig, Device)> {
+        let device =
+            omniad_pipeline::device::parse_device(&self.device).map_err(anyhow::Error::msg)?;
+        let cfg = OmniAdConfig {
+            teacher: self.teacher,
+            depths: crate::depths4(&self.depths)?,
+            ..OmniAdConfig::paper()
+        };
+        Ok((cfg, device))
+    }
 }
 
 fn sync(device: Device) {
@@ -385,27 +383,26 @@ fn bench_parts(
         let block = OmniBlock::new(&(&p / "block"), dims[i], cfg);
         let xin =
             Tensor::randn([batch, sh, sw, dims[i]], (Kind::Float, device)).set_requires_grad(true);
-        if block.has_global_branch() {
-            let (fwd, fb) =
-                time_fwd_bwd(iters, device, || block.global_branch(&xin).expect("built"));
-            row(
-                format!("stage {i} global branch"),
-                xin.size(),
-                depth,
-                fwd,
-                Some(fb),
-            );
-        }
-        if block.has_local_branch() {
-            let (fwd, fb) =
-                time_fwd_bwd(iters, device, || block.local_branch(&xin).expect("built"));
-            row(
-                format!("stage {i} local branch"),
-                xin.size(),
-                depth,
-                fwd,
-                Some(fb),
-            );
+        type Branch<'a> = &'a dyn Fn(&Tensor) -> Option<Tensor>;
+        let branches: [(&str, bool, Branch); 2] = [
+            ("global branch", block.has_global_branch(), &|x| {
+                block.global_branch(x)
+            }),
+            ("local branch", block.has_local_branch(), &|x| {
+                block.local_branch(x)
+            }),
+        ];
+        for (name, present, branch) in branches {
+            if present {
+                let (fwd, fb) = time_fwd_bwd(iters, device, || branch(&xin).expect("built"));
+                row(
+                    format!("stage {i} {name}"),
+                    xin.size(),
+                    depth,
+                    fwd,
+                    Some(fb),
+                );
+            }
         }
         let fused =
             Tensor::randn([batch, sh, sw, dims[i]], (Kind::Float, device)).set_requires_grad(true);
