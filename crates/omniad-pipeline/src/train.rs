@@ -50,7 +50,8 @@ pub struct TrainOutcome {
     pub interrupted: bool,
     /// Training throughput over this call, images per second.
     pub images_per_sec: f64,
-    /// Seconds spent computing teacher features for the cache.
+    /// Seconds spent in the teacher while filling the feature cache (the first epoch, or the
+    /// first use of each image after a resume); 0 without a cache.
     pub cache_seconds: f64,
 }
 
@@ -110,38 +111,84 @@ pub fn open_train_dataset(cfg: &TrainConfig) -> Result<Dataset> {
     Ok(ds)
 }
 
-/// Teacher features of all training images, `[N, C_i, h_i, w_i]` per scale, on the CPU.
-fn build_cache(
-    model: &OmniAd,
-    ds: &Dataset,
-    pp: &Preprocess,
-    cfg: &TrainConfig,
-    progress: bool,
-) -> Result<Vec<Tensor>> {
-    let n = ds.train.len();
-    let kind = if cfg.feature_cache == FeatureCache::MemoryF16 {
-        Kind::Half
-    } else {
-        Kind::Float
-    };
-    let bar = make_bar(progress, n as u64, "teacher features");
-    let loader = Loader::with_indices(
-        &ds.train,
-        &(0..n).collect::<Vec<_>>(),
-        LoaderOptions::new(32, *pp),
-    )?;
-    let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(), Vec::new(), Vec::new()];
-    for batch in loader {
-        let batch = batch?;
-        let x = images_tensor(&batch.images, batch.indices.len(), pp, model.device());
-        let feats = model.teacher_features(&x);
-        for (i, f) in feats.into_iter().enumerate() {
-            parts[i].push(f.to_device(Device::Cpu).to_kind(kind));
-        }
-        bar.inc(batch.indices.len() as u64);
+/// The teacher-feature cache: features of every training image, `[N, C_i, h_i, w_i]` per scale,
+/// on the CPU, filled the first time each image is used (so the first epoch runs exactly like
+/// training without a cache — same batches, same teacher calls — and later epochs skip the
+/// teacher and the image decoding). Not saved: a resumed run fills it again as it goes.
+struct FeatureStore {
+    /// f32 (bit-identical to recomputing) or f16 ([`FeatureCache::MemoryF16`]).
+    kind: Kind,
+    /// Allocated at the first fill, from that batch's feature shapes.
+    feats: Option<Vec<Tensor>>,
+    filled: Vec<bool>,
+    /// Seconds spent in the teacher while filling.
+    teacher_seconds: f64,
+}
+
+impl FeatureStore {
+    fn new(mode: FeatureCache, n: usize) -> Option<Self> {
+        let kind = match mode {
+            FeatureCache::None => return None,
+            FeatureCache::Memory => Kind::Float,
+            FeatureCache::MemoryF16 => Kind::Half,
+        };
+        Some(Self {
+            kind,
+            feats: None,
+            filled: vec![false; n],
+            teacher_seconds: 0.0,
+        })
     }
-    bar.finish_and_clear();
-    Ok(parts.iter().map(|p| Tensor::cat(p, 0)).collect())
+
+    fn has_all(&self, idx: &[usize]) -> bool {
+        idx.iter().all(|&i| self.filled[i])
+    }
+
+    /// Cached features of images `idx`, as f32 on `device`.
+    fn get(&self, idx: &[usize], device: Device) -> Vec<Tensor> {
+        let index = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        self.feats
+            .iter()
+            .flatten()
+            .map(|c| {
+                c.index_select(0, &index)
+                    .to_device(device)
+                    .to_kind(Kind::Float)
+            })
+            .collect()
+    }
+
+    /// Stores fresh teacher features of images `idx` and returns what training should use: the
+    /// stored values (f16-rounded in f16 mode, so that every epoch sees the same features).
+    fn put(&mut self, idx: &[usize], feats: Vec<Tensor>) -> Vec<Tensor> {
+        let n = self.filled.len() as i64;
+        let kind = self.kind;
+        let store = self.feats.get_or_insert_with(|| {
+            feats
+                .iter()
+                .map(|f| {
+                    let mut shape = f.size();
+                    shape[0] = n;
+                    Tensor::zeros(shape, (kind, Device::Cpu))
+                })
+                .collect()
+        });
+        let index = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let mut out = Vec::with_capacity(feats.len());
+        for (c, f) in store.iter_mut().zip(feats) {
+            let stored = f.to_device(Device::Cpu).to_kind(kind);
+            let _ = c.index_copy_(0, &index, &stored);
+            out.push(if kind == Kind::Float {
+                f
+            } else {
+                stored.to_device(f.device()).to_kind(Kind::Float)
+            });
+        }
+        for &i in idx {
+            self.filled[i] = true;
+        }
+        out
+    }
 }
 
 /// `[B, 3, H, W]` tensor from the loader's flat CHW buffer.
@@ -240,18 +287,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         })
     };
 
-    let cache_start = Instant::now();
-    let cache = match cfg.feature_cache {
-        FeatureCache::None => None,
-        _ => Some(build_cache(&model, &ds, &pp, cfg, opts.progress)?),
-    };
-    let cache_seconds = if cache.is_some() {
-        cache_start.elapsed().as_secs_f64()
-    } else {
-        0.0
-    };
-
     let n = ds.train.len();
+    let mut cache = FeatureStore::new(cfg.feature_cache, n);
     let batches_per_epoch = n.div_ceil(cfg.batch_size);
     let mut log = runs::JsonlLog::open(&paths.log, opts.resume.then_some(state.steps))?;
     let started = Instant::now();
@@ -270,14 +307,22 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         );
         bar.set_position(state.batch_in_epoch as u64);
         let chunks: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(|c| c.to_vec()).collect();
-        // Without a cache, decode this epoch's remaining batches in parallel threads.
-        let mut loader = match &cache {
-            None => Some(Loader::with_indices(
+        // Decode, in parallel threads, this epoch's remaining batches that the cache cannot
+        // serve (all of them without a cache; in the first epoch with one).
+        let to_decode: Vec<usize> = chunks[state.batch_in_epoch..]
+            .iter()
+            .filter(|c| !cache.as_ref().is_some_and(|s| s.has_all(c)))
+            .flatten()
+            .copied()
+            .collect();
+        let mut loader = if to_decode.is_empty() {
+            None
+        } else {
+            Some(Loader::with_indices(
                 &ds.train,
-                &chunks[state.batch_in_epoch..].concat(),
+                &to_decode,
                 LoaderOptions::new(cfg.batch_size, pp),
-            )?),
-            Some(_) => None,
+            )?)
         };
         while state.batch_in_epoch < chunks.len() {
             if let Some(flag) = &opts.interrupt {
@@ -293,25 +338,32 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 break 'epochs;
             }
             let idx = &chunks[state.batch_in_epoch];
-            let feats: Vec<Tensor> = match (&cache, loader.as_mut()) {
-                (Some(cache), _) => {
-                    let index =
-                        Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
-                    cache
-                        .iter()
-                        .map(|c| {
-                            c.index_select(0, &index)
-                                .to_device(device)
-                                .to_kind(Kind::Float)
-                        })
-                        .collect()
-                }
-                (None, Some(loader)) => {
-                    let batch = loader.next().context("data loader ended early")??;
+            let feats: Vec<Tensor> = match cache.as_mut() {
+                Some(store) if store.has_all(idx) => store.get(idx, device),
+                _ => {
+                    let batch = loader
+                        .as_mut()
+                        .context("no data loader for a batch to decode")?
+                        .next()
+                        .context("data loader ended early")??;
+                    if batch.indices != *idx {
+                        bail!(
+                            "data loader returned images {:?}, expected {idx:?}",
+                            batch.indices
+                        );
+                    }
                     let x = images_tensor(&batch.images, batch.indices.len(), &pp, device);
-                    model.teacher_features(&x)
+                    let t0 = Instant::now();
+                    let fresh = model.teacher_features(&x);
+                    match cache.as_mut() {
+                        Some(store) => {
+                            let kept = store.put(idx, fresh);
+                            store.teacher_seconds += t0.elapsed().as_secs_f64();
+                            kept
+                        }
+                        None => fresh,
+                    }
                 }
-                (None, None) => unreachable!("a loader exists when there is no cache"),
             };
             tch::manual_seed(step_seed(cfg.seed, state.steps));
             let recon = model.reconstruct(&feats, true);
@@ -376,7 +428,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         steps: state.steps,
         interrupted,
         images_per_sec: images_done as f64 / elapsed.max(1e-9),
-        cache_seconds,
+        cache_seconds: cache.map_or(0.0, |c| c.teacher_seconds),
     })
 }
 
