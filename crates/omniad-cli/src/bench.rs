@@ -313,20 +313,28 @@ fn bench_epoch(
     )
 }
 
-/// Forward time (no autograd) and forward + backward time of `f` on its inputs, seconds per call.
-/// The backward pass is seeded with a fixed random output gradient; gradients accumulate into
-/// the parameters and inputs (their values do not matter here).
-fn time_fwd_bwd(iters: usize, device: Device, f: impl Fn() -> Tensor) -> (f64, f64) {
-    let fwd = time(iters, || {
+/// Forward time of `f` without autograd, seconds per call.
+fn time_fwd(iters: usize, device: Device, f: impl Fn() -> Tensor) -> f64 {
+    time(iters, || {
         let _ = tch::no_grad(&f);
         sync(device);
-    });
+    })
+}
+
+/// Forward + backward time of `f`, seconds per call. The backward pass is seeded with a fixed
+/// random output gradient; gradients accumulate into the parameters and inputs (their values do
+/// not matter here).
+fn time_bwd(iters: usize, device: Device, f: impl Fn() -> Tensor) -> f64 {
     let g = tch::no_grad(&f).randn_like();
-    let fwd_bwd = time(iters, || {
+    time(iters, || {
         (f() * &g).sum(Kind::Float).backward();
         sync(device);
-    });
-    (fwd, fwd_bwd)
+    })
+}
+
+/// [`time_fwd`] and [`time_bwd`] of the same function.
+fn time_fwd_bwd(iters: usize, device: Device, f: impl Fn() -> Tensor) -> (f64, f64) {
+    (time_fwd(iters, device, &f), time_bwd(iters, device, &f))
 }
 
 fn bench_parts(
@@ -362,8 +370,8 @@ fn bench_parts(
         cfg.neck_width,
     );
     // Inference uses BatchNorm running statistics, training batch statistics.
-    let (fwd, _) = time_fwd_bwd(iters, device, || neck.forward_t(&feats, false));
-    let (_, fb) = time_fwd_bwd(iters, device, || neck.forward_t(&feats, true));
+    let fwd = time_fwd(iters, device, || neck.forward_t(&feats, false));
+    let fb = time_bwd(iters, device, || neck.forward_t(&feats, true));
     row("neck".into(), feats[0].size(), 1, fwd, Some(fb));
     let dims = cfg.stage_dims();
     let (h0, w0) = (h / 32, w / 32);

@@ -227,7 +227,7 @@ pub struct Teacher {
 
 /// `[B, C, H, W]` with channels-last strides (PyTorch's `torch.channels_last`): same shape and
 /// values, memory ordered `[B, H, W, C]`.
-pub fn channels_last(x: &Tensor) -> Tensor {
+fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
