@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use omniad_model::{OmniAd, OmniAdConfig, TeacherArch};
+use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::optim::{AdamW, AdamWConfig};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -39,7 +40,7 @@ struct ModelChoice {
     #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
     depths: Vec<usize>,
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: ComputeDevice,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,7 +91,7 @@ enum BenchWhat {
         #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
         depths: Vec<usize>,
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: ComputeDevice,
         /// Run only this cache mode (memory, memory_f16, none) so that the process's peak
         /// memory belongs to it; default: memory, then none.
         #[arg(long, value_parser = crate::parse_cache)]
@@ -174,8 +175,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 impl ModelChoice {
     /// The paper configuration with this teacher and these depths, and the parsed device.
     fn setup(&self) -> Result<(OmniAdConfig, Device)> {
-        let device =
-            omniad_pipeline::device::parse_device(&self.device).map_err(anyhow::Error::msg)?;
+        let device = self.device.open()?;
         let cfg = OmniAdConfig {
             teacher: self.teacher,
             depths: crate::depths4(&self.depths)?,
@@ -199,8 +199,8 @@ fn bench_model(
     infer_batches: &[i64],
 ) -> Result<serde_json::Value> {
     tch::manual_seed(0);
-    let model = OmniAd::new(cfg, device).map_err(anyhow::Error::msg)?;
-    let (h, w) = cfg.image_size;
+    let model = OmniAd::new(cfg, device)?;
+    let (h, w) = (cfg.image_size.0 as i64, cfg.image_size.1 as i64);
     let mut infer = Vec::new();
     for &b in infer_batches {
         let x = Tensor::randn([b, 3, h, w], (Kind::Float, device));
@@ -250,10 +250,10 @@ fn bench_epoch(
     teacher: TeacherArch,
     teacher_weights: Option<PathBuf>,
     depths: &[usize],
-    device: String,
+    device: ComputeDevice,
     only: Option<omniad_pipeline::config::FeatureCache>,
 ) -> Result<serde_json::Value> {
-    use omniad_pipeline::config::{FeatureCache, TrainConfig};
+    use omniad_pipeline::config::{DataConfig, FeatureCache, TrainConfig};
     let scratch = tempfile::tempdir()?;
     let data = match data {
         Some(d) => d,
@@ -288,18 +288,21 @@ fn bench_epoch(
     let mut results = Vec::new();
     for cache in modes {
         let dir = tempfile::tempdir()?;
-        let cfg = TrainConfig {
-            data_root: data.clone(),
-            teacher,
+        let mut cfg = TrainConfig {
             teacher_weights: teacher_weights.clone(),
-            depths: crate::depths4(depths)?,
             epochs: 1,
             out: dir.path().join("run"),
-            device: device.clone(),
+            device,
             feature_cache: cache,
             save_every: 0,
+            data: DataConfig {
+                data_root: data.clone(),
+                ..DataConfig::default()
+            },
             ..TrainConfig::default()
         };
+        cfg.model.teacher = teacher;
+        cfg.model.depths = crate::depths4(depths)?;
         let t = Instant::now();
         let o = omniad_pipeline::train(&cfg, &omniad_pipeline::TrainOptions::default())?;
         results.push(json!({"feature_cache": cache, "seconds": t.elapsed().as_secs_f64(), "cache_seconds": o.cache_seconds,
@@ -346,8 +349,8 @@ fn bench_parts(
     use omniad_model::decoder::{OmniBlock, PatchExpand};
     use omniad_model::neck::Neck;
     tch::manual_seed(0);
-    let model = OmniAd::new(cfg, device).map_err(anyhow::Error::msg)?;
-    let (h, w) = cfg.image_size;
+    let model = OmniAd::new(cfg, device)?;
+    let (h, w) = (cfg.image_size.0 as i64, cfg.image_size.1 as i64);
     let x = Tensor::randn([batch, 3, h, w], (Kind::Float, device));
     let mut rows = Vec::new();
     let mut row = |name: String, shape: Vec<i64>, count: usize, fwd: f64, fwd_bwd: Option<f64>| {
@@ -364,11 +367,7 @@ fn bench_parts(
     row("teacher".into(), x.size(), 1, t_fwd, None);
     let feats = model.teacher_features(&x);
     let vs = tch::nn::VarStore::new(device);
-    let neck = Neck::new(
-        &(vs.root() / "Neck"),
-        model.teacher().arch().channels(),
-        cfg.neck_width,
-    );
+    let neck = Neck::new(&(vs.root() / "Neck"), &cfg.neck());
     // Inference uses BatchNorm running statistics, training batch statistics.
     let fwd = time_fwd(iters, device, || neck.forward_t(&feats, false));
     let fb = time_bwd(iters, device, || neck.forward_t(&feats, true));
@@ -388,7 +387,7 @@ fn bench_parts(
         if depth == 0 {
             continue;
         }
-        let block = OmniBlock::new(&(&p / "block"), dims[i], cfg);
+        let block = OmniBlock::new(&(&p / "block"), &cfg.decoder().block(i));
         let xin =
             Tensor::randn([batch, sh, sw, dims[i]], (Kind::Float, device)).set_requires_grad(true);
         type Branch<'a> = &'a dyn Fn(&Tensor) -> Option<Tensor>;

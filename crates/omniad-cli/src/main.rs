@@ -3,7 +3,7 @@
 //! Every subcommand ends with a one-line error and a non-zero exit status on bad input.
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +13,7 @@ use omniad_metrics::MetricOptions;
 use omniad_model::{Branches, GlobalAttention, OmniAd, OmniAdConfig, TeacherArch};
 use omniad_pipeline::config::{FeatureCache, TrainConfig};
 use omniad_pipeline::demo::{run_demo, DemoConfig};
+use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::eval::{dataset_for_run, eval_run, EvalOptions};
 use omniad_pipeline::predict::{collect_inputs, predict_run, PredictOptions};
 use omniad_pipeline::{train, TrainOptions};
@@ -66,7 +67,7 @@ struct DemoArgs {
     epochs: Option<usize>,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: ComputeDevice,
     /// Seed of data and training.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -118,8 +119,9 @@ struct TrainArgs {
     /// Run folder.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Device: cpu, cuda, cuda:N.
     #[arg(long)]
-    device: Option<String>,
+    device: Option<ComputeDevice>,
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]
@@ -175,10 +177,11 @@ struct EvalArgs {
     data_root: Option<PathBuf>,
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<String>>,
+    /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    device: ComputeDevice,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
     /// Write anomaly maps per class into <run>/maps (readable by `omniad metrics`).
     #[arg(long)]
     save_maps: bool,
@@ -207,10 +210,11 @@ struct PredictArgs {
     /// Use this class's calibrated threshold.
     #[arg(long)]
     class: Option<String>,
+    /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    device: ComputeDevice,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
 }
 
 #[derive(Args, Debug)]
@@ -227,9 +231,9 @@ struct MetricsArgs {
 
 #[derive(Args, Debug)]
 struct InfoArgs {
-    /// Teacher backbone.
-    #[arg(long, default_value = "resnet34")]
-    teacher: TeacherArch,
+    /// Teacher backbone [default: efficientnet_lite0, the training default].
+    #[arg(long)]
+    teacher: Option<TeacherArch>,
     /// Decoder depths.
     #[arg(long, value_delimiter = ',', default_value = "3,9,9,7")]
     depths: Vec<usize>,
@@ -418,6 +422,86 @@ fn synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
+impl TrainArgs {
+    /// The one mapping of the parsed flags onto the configuration: each flag given replaces its
+    /// configuration value. A resumed run keeps its saved configuration; only the device (where
+    /// it runs now) may change.
+    fn apply(self, cfg: &mut TrainConfig) -> Result<()> {
+        macro_rules! set {
+            ($($flag:expr => $field:expr),* $(,)?) => {
+                $(if let Some(v) = $flag { $field = v; })*
+            };
+        }
+        set!(self.device => cfg.device);
+        if self.resume {
+            // A resumed run keeps its configuration; only --epochs may grow (to extend it).
+            let changed: Vec<&str> = [
+                ("--config", self.config.is_some()),
+                ("--dataset", self.dataset.is_some()),
+                ("--data-root", self.data_root.is_some()),
+                ("--classes", self.classes.is_some()),
+                ("--teacher", self.teacher.is_some()),
+                ("--teacher-weights", self.teacher_weights.is_some()),
+                ("--batch-size", self.batch_size.is_some()),
+                ("--lr", self.lr.is_some()),
+                ("--weight-decay", self.weight_decay.is_some()),
+                ("--seed", self.seed.is_some()),
+                ("--depths", self.depths.is_some()),
+                ("--image-size", self.image_size.is_some()),
+                ("--branches", self.branches.is_some()),
+                ("--attention", self.attention.is_some()),
+                ("--num-tokens", self.num_tokens.is_some()),
+                ("--jitter-scale", self.jitter_scale.is_some()),
+                ("--feature-cache", self.feature_cache.is_some()),
+                ("--eval-every", self.eval_every.is_some()),
+                ("--save-every", self.save_every.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, given)| given.then_some(name))
+            .collect();
+            if !changed.is_empty() {
+                bail!(
+                    "--resume continues the run with its saved config.toml; these flags would change it: {} (only --epochs, to extend the run, and --device may be given)",
+                    changed.join(", ")
+                );
+            }
+            if let Some(e) = self.epochs {
+                if e < cfg.epochs {
+                    bail!(
+                        "--epochs {e} is fewer than the run's {}: a run can be extended, not shortened",
+                        cfg.epochs
+                    );
+                }
+                cfg.epochs = e;
+            }
+            return Ok(());
+        }
+        set!(
+            self.dataset => cfg.data.dataset,
+            self.data_root => cfg.data.data_root,
+            self.classes.map(Some) => cfg.data.classes,
+            self.teacher => cfg.model.teacher,
+            self.teacher_weights.map(Some) => cfg.teacher_weights,
+            self.out => cfg.out,
+            self.epochs => cfg.epochs,
+            self.batch_size => cfg.batch_size,
+            self.lr => cfg.optim.lr,
+            self.weight_decay => cfg.optim.weight_decay,
+            self.seed => cfg.seed,
+            self.depths.as_deref().map(depths4).transpose()? => cfg.model.depths,
+            self.image_size.map(|s| (s, s)) => cfg.model.image_size,
+            self.branches => cfg.model.branches,
+            self.attention => cfg.model.attention,
+            self.num_tokens => cfg.model.num_tokens,
+            self.jitter_scale => cfg.model.jitter_scale,
+            self.feature_cache => cfg.feature_cache,
+            self.eval_every => cfg.eval_every,
+            self.save_every => cfg.save_every,
+        );
+        Ok(())
+    }
+}
+
 fn train_cmd(a: TrainArgs) -> Result<()> {
     let mut cfg = if a.resume {
         let out = a.out.clone().context("--resume needs --out RUN_DIR")?;
@@ -425,113 +509,41 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         if !path.is_file() {
             bail!("{}: no config.toml, nothing to resume", out.display());
         }
-        let mut cfg = TrainConfig::from_toml_file(&path).map_err(anyhow::Error::msg)?;
+        let mut cfg = TrainConfig::from_toml_file(&path)?;
         // The run is where the user says it is now (config.toml may hold a path relative to
         // another working directory).
         cfg.out = out;
         cfg
     } else if let Some(p) = &a.config {
-        TrainConfig::from_toml_file(p).map_err(anyhow::Error::msg)?
+        TrainConfig::from_toml_file(p)?
     } else {
         TrainConfig::default()
     };
-    if !a.resume {
-        if let Some(v) = a.dataset {
-            cfg.dataset = v;
+    let (resume, quiet) = (a.resume, a.quiet);
+    a.apply(&mut cfg)?;
+    if !resume {
+        let root = &cfg.data.data_root;
+        if root.as_os_str().is_empty() {
+            bail!("--data-root is required (or data.data_root in --config)");
         }
-        if let Some(v) = a.data_root {
-            cfg.data_root = v;
+        if root.exists() && !root.is_dir() {
+            bail!("{}: data root is a file, not a folder", root.display());
         }
-        if let Some(v) = a.classes {
-            cfg.classes = Some(v);
-        }
-        if let Some(v) = a.teacher {
-            cfg.teacher = v;
-        }
-        if let Some(v) = a.teacher_weights {
-            cfg.teacher_weights = Some(v);
-        }
-        if let Some(v) = a.out {
-            cfg.out = v;
-        }
-        if let Some(v) = a.epochs {
-            cfg.epochs = v;
-        }
-        if let Some(v) = a.batch_size {
-            cfg.batch_size = v;
-        }
-        if let Some(v) = a.lr {
-            cfg.optim.lr = v;
-        }
-        if let Some(v) = a.weight_decay {
-            cfg.optim.weight_decay = v;
-        }
-        if let Some(v) = a.seed {
-            cfg.seed = v;
-        }
-        if let Some(v) = a.depths {
-            cfg.depths = depths4(&v)?;
-        }
-        if let Some(v) = a.image_size {
-            cfg.image_size = v;
-        }
-        if let Some(v) = a.branches {
-            cfg.branches = v;
-        }
-        if let Some(v) = a.attention {
-            cfg.attention = v;
-        }
-        if let Some(v) = a.num_tokens {
-            cfg.num_tokens = v;
-        }
-        if let Some(v) = a.jitter_scale {
-            cfg.jitter_scale = v;
-        }
-        if let Some(v) = a.feature_cache {
-            cfg.feature_cache = v;
-        }
-        if let Some(v) = a.eval_every {
-            cfg.eval_every = v;
-        }
-        if let Some(v) = a.save_every {
-            cfg.save_every = v;
-        }
-        if cfg.data_root.as_os_str().is_empty() {
-            bail!("--data-root is required (or data_root in --config)");
-        }
-        if cfg.data_root.exists() && !cfg.data_root.is_dir() {
-            bail!(
-                "{}: data root is a file, not a folder",
-                cfg.data_root.display()
-            );
-        }
-        if !cfg.data_root.is_dir() {
-            bail!("{}: data root folder not found", cfg.data_root.display());
+        if !root.is_dir() {
+            bail!("{}: data root folder not found", root.display());
         }
         // Absolute in config.toml, so that eval and --resume work from any working directory.
-        if let Ok(abs) = std::fs::canonicalize(&cfg.data_root) {
-            cfg.data_root = abs;
+        if let Ok(abs) = std::fs::canonicalize(root) {
+            cfg.data.data_root = abs;
         }
     }
-    if let Some(v) = a.device {
-        cfg.device = v;
-    }
     let interrupt = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupt.clone();
-        let _ = ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond Ctrl-C: exiting without saving");
-                std::process::exit(130);
-            }
-            eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to abort)");
-        });
-    }
+    let signal = stop_signals(interrupt.clone())?;
     let outcome = train(
         &cfg,
         &TrainOptions {
-            resume: a.resume,
-            progress: !a.quiet,
+            resume,
+            progress: !quiet,
             interrupt: Some(interrupt),
             max_steps: None,
         },
@@ -542,9 +554,42 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             "interrupted: resume with `omniad train --resume --out {}`",
             outcome.run_dir.display()
         );
-        std::process::exit(130);
+        // The conventional status of the signal that stopped it (130 SIGINT, 143 SIGTERM,
+        // 129 SIGHUP).
+        std::process::exit(128 + signal.load(Ordering::SeqCst).max(2));
     }
     Ok(())
+}
+
+/// Makes SIGINT (Ctrl-C), SIGTERM (`docker stop`, Kubernetes, batch schedulers) and SIGHUP
+/// stop training cleanly: the first sets `flag` (training saves a checkpoint after the current
+/// step and returns) and is recorded in the returned number; a second one exits at once with
+/// the conventional status `128 + signal`, without saving.
+///
+/// # Errors
+/// The handlers cannot be installed.
+fn stop_signals(flag: Arc<AtomicBool>) -> Result<Arc<AtomicI32>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let which = Arc::new(AtomicI32::new(0));
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install the SIGINT/SIGTERM/SIGHUP handlers")?;
+    let seen = which.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let name = match sig {
+                SIGINT => "Ctrl-C",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            if flag.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond signal ({name}): exiting without saving");
+                std::process::exit(128 + sig);
+            }
+            seen.store(sig, Ordering::SeqCst);
+            eprintln!("\n{name}: saving a checkpoint after this step (send it again to abort)");
+        }
+    });
+    Ok(which)
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
@@ -559,11 +604,11 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             ader: a.ader,
             ..Default::default()
         },
-        batch_size: a.batch_size,
+        batch_size: a.batch_size as usize,
         save_maps: a.save_maps.then(|| a.run.join("maps")),
         progress: !a.json,
     };
-    let out = eval_run(&a.run, &ds, &a.device, &opts)?;
+    let out = eval_run(&a.run, &ds, a.device, &opts)?;
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
@@ -585,10 +630,10 @@ fn predict_cmd(a: PredictArgs) -> Result<()> {
         threshold: a.threshold,
         per_class: a.class,
         out: a.out,
-        batch_size: a.batch_size.max(1),
+        batch_size: a.batch_size as usize,
         alpha: 0.5,
     };
-    predict_run(&a.run, &inputs, &a.device, &opts, |rec| {
+    predict_run(&a.run, &inputs, a.device, &opts, |rec| {
         println!("{}", serde_json::to_string(rec)?);
         Ok(())
     })?;
@@ -611,17 +656,19 @@ fn metrics_cmd(a: MetricsArgs) -> Result<()> {
 
 fn info_cmd(a: InfoArgs) -> Result<()> {
     if let Some(run) = a.run {
-        let ckpt = omniad_pipeline::train::checkpoint_of(&run)?;
+        let ckpt = omniad_pipeline::runs::checkpoint_of(&run)?;
         let meta = omniad_model::checkpoint::read_meta(&ckpt)?;
         println!("{}", serde_json::to_string_pretty(&meta)?);
         return Ok(());
     }
-    let cfg = OmniAdConfig {
-        teacher: a.teacher,
+    let mut cfg = OmniAdConfig {
         depths: depths4(&a.depths)?,
-        ..OmniAdConfig::paper()
+        ..OmniAdConfig::default()
     };
-    let model = OmniAd::new(&cfg, tch::Device::Cpu).map_err(anyhow::Error::msg)?;
+    if let Some(t) = a.teacher {
+        cfg.teacher = t;
+    }
+    let model = OmniAd::new(&cfg, tch::Device::Cpu)?;
     print_info(&model);
     Ok(())
 }

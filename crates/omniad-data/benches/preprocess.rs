@@ -15,7 +15,7 @@ fn test_image(w: u32, h: u32) -> RgbImage {
 }
 
 fn bench_preprocess(c: &mut Criterion) {
-    let pp = Preprocess::default();
+    let pp = Preprocess::new((256, 256), ([0.5; 3], [0.25; 3]));
     let mut g = c.benchmark_group("preprocess_rgb");
     for (w, h) in [(1024u32, 1024u32), (700, 523)] {
         let img = test_image(w, h);
@@ -29,7 +29,7 @@ fn bench_preprocess(c: &mut Criterion) {
 
 fn bench_decode(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pp = Preprocess::default();
+    let pp = Preprocess::new((256, 256), ([0.5; 3], [0.25; 3]));
     let mut g = c.benchmark_group("load_image");
     for ext in ["png", "jpg"] {
         let path = dir.path().join(format!("img.{ext}"));
@@ -63,8 +63,11 @@ fn bench_loader(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("32x512x512_jpg_batch8", |b| {
         b.iter(|| {
-            let loader = Loader::new(&samples, LoaderOptions::new(8, Preprocess::default()))
-                .expect("loader");
+            let loader = Loader::new(
+                &samples,
+                LoaderOptions::new(8, Preprocess::new((256, 256), ([0.5; 3], [0.25; 3]))),
+            )
+            .expect("loader");
             loader.map(|b| b.expect("batch").len()).sum::<usize>()
         })
     });

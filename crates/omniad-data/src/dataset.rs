@@ -4,8 +4,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::error::{join_names, DataError};
-use crate::fsutil::{is_hidden, list_dir};
+use crate::error::DataError;
+use crate::fsutil::list_dir;
 use crate::layouts;
 
 /// The on-disk dataset layouts omniad reads natively.
@@ -245,6 +245,46 @@ pub struct Sample {
     pub sample_id: Option<String>,
 }
 
+/// Defect name of every normal image.
+pub(crate) const GOOD: &str = "good";
+
+impl Sample {
+    /// A normal image of `class`: label [`Label::Normal`], defect `good`, no mask.
+    pub fn normal(class: &str, split: Split, image: PathBuf) -> Self {
+        Self::labelled(class, split, image, Label::Normal, "", Vec::new())
+    }
+
+    /// An image of `class` with `label`. `defect` names the kind of anomaly (a normal image's
+    /// defect is always `good`); `masks` are its ground-truth mask files (their union).
+    pub fn labelled(
+        class: &str,
+        split: Split,
+        image: PathBuf,
+        label: Label,
+        defect: &str,
+        masks: Vec<PathBuf>,
+    ) -> Self {
+        Self {
+            class: class.to_string(),
+            split,
+            image,
+            masks,
+            label,
+            defect: match label {
+                Label::Normal => GOOD.to_string(),
+                Label::Anomaly => defect.to_string(),
+            },
+            sample_id: None,
+        }
+    }
+
+    /// The same sample with the id of the physical sample it views (Real-IAD).
+    pub fn with_sample_id(mut self, sample_id: Option<String>) -> Self {
+        self.sample_id = sample_id;
+        self
+    }
+}
+
 /// Where the sample list of a [`Dataset`] came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LayoutSource {
@@ -385,36 +425,4 @@ pub fn open_dataset(
         );
     }
     Ok(ds)
-}
-
-/// Picks the classes to read: `available` (sorted) filtered by `requested`.
-pub(crate) fn select_classes(
-    root: &Path,
-    available: Vec<String>,
-    requested: Option<&[String]>,
-) -> Result<Vec<String>, DataError> {
-    let Some(req) = requested else {
-        return Ok(available);
-    };
-    let mut out = Vec::with_capacity(req.len());
-    for c in req {
-        if !available.contains(c) {
-            return Err(DataError::UnknownClass {
-                class: c.clone(),
-                root: root.to_path_buf(),
-                available: join_names(&available),
-            });
-        }
-        out.push(c.clone());
-    }
-    Ok(out)
-}
-
-/// Class folders of `root`: the non-hidden sub-folders, sorted.
-pub(crate) fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
-    Ok(list_dir(root)?
-        .into_iter()
-        .filter(|e| e.is_dir && !is_hidden(&e.name))
-        .map(|e| (e.name, e.path))
-        .collect())
 }

@@ -37,5 +37,4 @@ pub use error::DataError;
 pub use loader::{shuffled_indices, Batch, Loader, LoaderOptions};
 pub use preprocess::{
     load_image, load_image_sized, load_mask, load_mask_with_limits, preprocess_rgb, Preprocess,
-    EFFICIENTNET_MEAN, EFFICIENTNET_STD, IMAGENET_MEAN, IMAGENET_STD,
 };

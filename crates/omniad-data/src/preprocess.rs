@@ -11,15 +11,6 @@ use crate::decode::{decode_oriented, to_rgb8, DecodeLimits};
 use crate::error::DataError;
 use crate::resize::resize_bilinear_u8;
 
-/// ImageNet channel means (R, G, B) of torchvision, in `[0, 1]` units.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// ImageNet channel standard deviations (R, G, B) of torchvision, in `[0, 1]` units.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// EfficientNet (TF ports) channel mean, `127 / 255` for every channel.
-pub const EFFICIENTNET_MEAN: [f32; 3] = [127.0 / 255.0; 3];
-/// EfficientNet (TF ports) channel standard deviation, `128 / 255` for every channel.
-pub const EFFICIENTNET_STD: [f32; 3] = [128.0 / 255.0; 3];
-
 /// Model-input preprocessing parameters.
 ///
 /// The output of [`preprocess_rgb`] / [`load_image`] is `[3, H, W]` with
@@ -34,30 +25,11 @@ pub struct Preprocess {
     pub std: [f32; 3],
 }
 
-impl Default for Preprocess {
-    /// 256 x 256, ImageNet mean/std (the Omni-AD default input).
-    fn default() -> Self {
-        Preprocess::imagenet((256, 256))
-    }
-}
-
 impl Preprocess {
-    /// ImageNet normalisation at `size = (H, W)`.
-    pub fn imagenet(size: (u32, u32)) -> Self {
-        Preprocess {
-            size,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        }
-    }
-
-    /// EfficientNet normalisation (mean 127/255, std 128/255) at `size = (H, W)`.
-    pub fn efficientnet(size: (u32, u32)) -> Self {
-        Preprocess {
-            size,
-            mean: EFFICIENTNET_MEAN,
-            std: EFFICIENTNET_STD,
-        }
+    /// Preprocessing to `size = (H, W)` with the per-channel `(mean, std)` of a teacher (the
+    /// teacher defines it: `omniad_model::TeacherArch::input_mean_std`).
+    pub fn new(size: (u32, u32), (mean, std): ([f32; 3], [f32; 3])) -> Self {
+        Preprocess { size, mean, std }
     }
 
     /// Checks that the size and the standard deviations are non-zero.
@@ -273,7 +245,8 @@ mod tests {
     #[test]
     fn normalisation_matches_torchvision_formula() {
         let img = RgbImage::from_raw(1, 1, vec![0, 128, 255]).unwrap();
-        let pp = Preprocess::imagenet((1, 1));
+        // torchvision's ImageNet statistics.
+        let pp = Preprocess::new((1, 1), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]));
         let out = preprocess_rgb(&img, &pp);
         let expect = [
             (0.0 - 0.485) / 0.229,
@@ -313,10 +286,10 @@ mod tests {
 
     #[test]
     fn invalid_preprocess_is_refused() {
-        let mut pp = Preprocess::default();
+        let mut pp = Preprocess::new((4, 4), ([0.5; 3], [0.25; 3]));
         pp.std[1] = 0.0;
         assert!(matches!(pp.validate(), Err(DataError::InvalidArgument(_))));
-        let pp = Preprocess::imagenet((0, 4));
+        let pp = Preprocess::new((0, 4), ([0.5; 3], [0.25; 3]));
         assert!(matches!(pp.validate(), Err(DataError::InvalidArgument(_))));
     }
 }

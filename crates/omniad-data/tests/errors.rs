@@ -8,7 +8,7 @@ use std::path::Path;
 use common::*;
 use omniad_data::{
     image_size, load_image, load_mask, load_rgb, load_rgb_with_limits, open_dataset, DataError,
-    DatasetKind, DecodeLimits, OpenOptions, Preprocess,
+    DatasetKind, DecodeLimits, OpenOptions,
 };
 
 fn open_err(kind: DatasetKind, root: &Path) -> DataError {
@@ -31,7 +31,7 @@ fn corrupt_image_names_the_file() {
     let mut bytes = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
     bytes.extend((0..200u32).map(|i| (i * 7 % 251) as u8));
     let p = write_bytes(&dir.path().join("bad.png"), &bytes);
-    let err = load_image(&p, &Preprocess::default()).unwrap_err();
+    let err = load_image(&p, &imagenet((256, 256))).unwrap_err();
     assert!(
         matches!(err, DataError::Decode { ref path, .. } if path == &p),
         "{err}"
@@ -69,7 +69,7 @@ fn truncated_jpeg_is_an_error() {
 fn zero_byte_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_bytes(&dir.path().join("empty.png"), b"");
-    let err = load_image(&p, &Preprocess::default()).unwrap_err();
+    let err = load_image(&p, &imagenet((256, 256))).unwrap_err();
     assert!(
         matches!(err, DataError::EmptyFile { ref path } if path == &p),
         "{err}"
@@ -115,7 +115,7 @@ fn directory_where_a_file_should_be() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("looks_like.png");
     std::fs::create_dir_all(&d).unwrap();
-    let err = load_image(&d, &Preprocess::default()).unwrap_err();
+    let err = load_image(&d, &imagenet((256, 256))).unwrap_err();
     assert!(
         matches!(err, DataError::IsDirectory { ref path, .. } if path == &d),
         "{err}"
@@ -316,7 +316,7 @@ fn image_above_size_limit_is_refused_before_decoding() {
         &dir.path().join("huge.png"),
         &png_huge_header(30_000, 30_000),
     );
-    let err = load_image(&p, &Preprocess::default()).unwrap_err();
+    let err = load_image(&p, &imagenet((256, 256))).unwrap_err();
     assert!(
         matches!(
             err,
@@ -427,6 +427,6 @@ fn hidden_files_are_ignored_everywhere() {
     for s in ds.train.iter().chain(&ds.test) {
         let name = s.image.file_name().unwrap().to_string_lossy();
         assert!(!name.starts_with('.'), "{name}");
-        load_image(&s.image, &Preprocess::imagenet((8, 8))).unwrap();
+        load_image(&s.image, &imagenet((8, 8))).unwrap();
     }
 }

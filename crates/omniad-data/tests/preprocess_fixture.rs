@@ -7,21 +7,11 @@ use std::path::PathBuf;
 use omniad_data::{image_size, load_image, load_mask, load_rgb, preprocess_rgb, Preprocess};
 use safetensors::{Dtype, SafeTensors};
 
+/// The fixture's normalisation (`meta.json`: torchvision ImageNet mean and std).
+const IMAGENET: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+
 fn fixtures_dir() -> PathBuf {
-    let dir = match std::env::var_os("OMNIAD_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures"
-        )),
-    };
-    let pre = dir.join("preprocess");
-    assert!(
-        pre.join("expected.safetensors").is_file(),
-        "fixture {} is missing: set OMNIAD_FIXTURES to the shared fixtures folder",
-        pre.join("expected.safetensors").display()
-    );
-    pre
+    omniad_testkit::fixture_dir("preprocess", "expected.safetensors")
 }
 
 fn load_expected(dir: &std::path::Path) -> Vec<u8> {
@@ -40,7 +30,7 @@ fn images_match_reference() {
     let dir = fixtures_dir();
     let bytes = load_expected(&dir);
     let st = SafeTensors::deserialize(&bytes).expect("parse expected.safetensors");
-    let pp = Preprocess::default();
+    let pp = Preprocess::new((256, 256), IMAGENET);
     let cases = [
         ("rgb_700x523.png", false),
         ("rgb_1024.jpg", true),
@@ -81,7 +71,7 @@ fn images_match_reference() {
 #[test]
 fn load_rgb_then_preprocess_equals_load_image() {
     let dir = fixtures_dir();
-    let pp = Preprocess::imagenet((224, 200));
+    let pp = Preprocess::new((224, 200), IMAGENET);
     let path = dir.join("rgba_320x200.png");
     let rgb = load_rgb(&path).expect("decode");
     assert_eq!(rgb.dimensions(), (320, 200));

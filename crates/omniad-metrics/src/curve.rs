@@ -58,6 +58,11 @@ impl Sweep {
         }
     }
 
+    /// F1 of `score >= threshold` at the current threshold: `2 TP / (TP + FP + P)`.
+    pub(crate) fn f1(&self) -> f64 {
+        2.0 * self.tp as f64 / (self.tp + self.fp + self.n_pos) as f64
+    }
+
     /// Negatives seen so far (= false positives at the current threshold).
     pub(crate) fn fp(&self) -> u64 {
         self.fp

@@ -76,6 +76,7 @@ mod pixel;
 mod regions;
 mod report;
 pub mod synthetic;
+pub mod thresholds;
 
 pub use curve::{binary_metrics, BinaryMetrics};
 pub use error::MetricsError;
@@ -85,3 +86,4 @@ pub use eval::{
 pub use file::{evaluate_file, evaluate_safetensors, write_safetensors, CLASS_NAMES_KEY};
 pub use report::{ClassReport, MeanValue, Metric, MetricValue, Report};
 pub use synthetic::{bench_synthetic, BenchResult, SyntheticSet};
+pub use thresholds::{f1_optimal_threshold, normalise_score, quantile};

@@ -9,20 +9,7 @@ use omniad_metrics::{
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
-    let dir = match std::env::var_os("OMNIAD_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures"
-        )),
-    };
-    let dir = dir.join("metrics");
-    assert!(
-        dir.join("expected.json").is_file(),
-        "metrics fixtures not found at {} (set OMNIAD_FIXTURES to the shared fixtures folder)",
-        dir.display()
-    );
-    dir
+    omniad_testkit::fixture_dir("metrics", "expected.json")
 }
 
 fn expected() -> serde_json::Value {

@@ -7,7 +7,7 @@
 //! producing wrong scores.
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::OmniAdConfig;
 use crate::model::OmniAd;
+use omniad_io::write_atomic;
 
 /// Value of [`CheckpointMeta::format`].
 pub const FORMAT: &str = "omniad-checkpoint";
@@ -25,7 +26,7 @@ pub const VERSION: u32 = 1;
 /// Errors of checkpoint reading and writing. Every variant names the file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// Reading or writing failed.
+    /// Reading failed.
     #[error("{path}: {source}")]
     Io {
         /// File concerned.
@@ -33,6 +34,9 @@ pub enum CheckpointError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// Writing a file failed (names the file and the OS error, e.g. no space left on device).
+    #[error(transparent)]
+    Write(#[from] omniad_io::WriteError),
     /// The JSON file is not a valid omniad checkpoint description.
     #[error("{path}: not a valid omniad checkpoint description: {msg}")]
     BadMeta {
@@ -82,10 +86,10 @@ pub struct Thresholds {
     /// How they were chosen (e.g. "f1_max on test set", "p99.5 of normal scores").
     #[serde(default)]
     pub method: String,
-    /// Score normalisation: `(score - min) / (max - min)` with these bounds, from the
+    /// Score score_bounds: `(score - min) / (max - min)` with these bounds, from the
     /// calibration set (normal-score percentiles); used for `normalised_score` in predictions.
     #[serde(default)]
-    pub normalisation: Option<(f64, f64)>,
+    pub score_bounds: Option<(f64, f64)>,
 }
 
 /// The JSON half of a checkpoint.
@@ -97,8 +101,10 @@ pub struct CheckpointMeta {
     pub version: u32,
     /// Architecture.
     pub config: OmniAdConfig,
-    /// Input normalisation `(mean, std)` per RGB channel, applied to `[0, 1]` pixels.
-    pub normalization: ([f32; 3], [f32; 3]),
+    /// The teacher's input `(mean, std)` per RGB channel, applied to `[0, 1]` pixels. Read from
+    /// the older key `normalization` too.
+    #[serde(alias = "normalization")]
+    pub input_mean_std: ([f32; 3], [f32; 3]),
     /// File name (same folder) of the weights.
     pub weights_file: String,
     /// Lower-case hex SHA-256 of the weights file.
@@ -116,38 +122,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
-/// fsync of the folder. On error the temporary file is removed and `path` is untouched.
-///
-/// # Errors
-/// [`CheckpointError::Io`] naming `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(path))
 }
 
 /// Lower-case hex SHA-256 of a file.
@@ -249,7 +223,7 @@ pub fn save(
         format: FORMAT.into(),
         version: VERSION,
         config: model.cfg.clone(),
-        normalization: model.cfg.teacher.normalization(),
+        input_mean_std: model.cfg.teacher.input_mean_std(),
         weights_file,
         weights_sha256: sha,
         thresholds,
@@ -269,7 +243,7 @@ pub fn write_meta(path: &Path, meta: &CheckpointMeta) -> Result<(), CheckpointEr
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    write_atomic(path, text.as_bytes())
+    Ok(write_atomic(path, text.as_bytes())?)
 }
 
 /// Reads and validates a checkpoint description.
@@ -296,7 +270,7 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
             meta.version
         )));
     }
-    meta.config.validate().map_err(bad)?;
+    meta.config.validate().map_err(|e| bad(e.0))?;
     if meta.weights_file.contains('/') || meta.weights_file.contains('\\') {
         return Err(bad(format!(
             "weights_file {:?} must be a file name in the same folder",
@@ -332,7 +306,7 @@ pub fn load(json_path: &Path, device: Device) -> Result<(OmniAd, CheckpointMeta)
     })?;
     let mut model = OmniAd::new(&meta.config, device).map_err(|msg| CheckpointError::BadMeta {
         path: json_path.to_path_buf(),
-        msg,
+        msg: msg.to_string(),
     })?;
     assign_all(&mut model, tensors).map_err(|details| CheckpointError::Mismatch {
         path: wpath.clone(),

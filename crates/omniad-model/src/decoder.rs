@@ -9,7 +9,7 @@
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use crate::config::{Branches, GlobalAttention, OmniAdConfig};
+use crate::config::{Branches, DecoderConfig, GlobalAttention, OmniBlockConfig};
 use crate::init::{conv2d, linear};
 
 /// Spatial size (H*W) from which [`instance_norm`] uses libtorch's group-norm kernel.
@@ -131,7 +131,8 @@ struct ToProxy {
 }
 
 impl ToProxy {
-    fn new(p: &nn::Path, dim: i64, cfg: &OmniAdConfig) -> Self {
+    fn new(p: &nn::Path, cfg: &OmniBlockConfig) -> Self {
+        let dim = cfg.dim;
         let heads = cfg.heads;
         let n = cfg.num_tokens;
         let tokens = cfg.attention == GlobalAttention::LearnableTokens;
@@ -257,10 +258,11 @@ pub struct OmniBlock {
 }
 
 impl OmniBlock {
-    /// Builds the block under `p` (e.g. `net_s.layers_up.0.blocks.0.blocks.0`) for width `dim`.
-    pub fn new(p: &nn::Path, dim: i64, cfg: &OmniAdConfig) -> Self {
+    /// Builds the block under `p` (e.g. `net_s.layers_up.0.blocks.0.blocks.0`).
+    pub fn new(p: &nn::Path, cfg: &OmniBlockConfig) -> Self {
+        let dim = cfg.dim;
         let global =
-            (cfg.branches != Branches::LocalOnly).then(|| ToProxy::new(&(p / "toProxy"), dim, cfg));
+            (cfg.branches != Branches::LocalOnly).then(|| ToProxy::new(&(p / "toProxy"), cfg));
         let local = (cfg.branches != Branches::GlobalOnly).then(|| LocalBranch {
             conv33: DwConv::new(&(p / "conv33"), dim, 3),
             conv55: DwConv::new(&(p / "conv55"), dim, 5),
@@ -373,9 +375,9 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Builds the decoder under `p` with widths `cfg.stage_dims()` and depths `cfg.depths`.
-    pub fn new(p: &nn::Path, cfg: &OmniAdConfig) -> Self {
-        let dims = cfg.stage_dims();
+    /// Builds the decoder under `p` with widths `cfg.dims` and depths `cfg.depths`.
+    pub fn new(p: &nn::Path, cfg: &DecoderConfig) -> Self {
+        let dims = cfg.dims;
         let layers = p / "layers_up";
         let stages = (0..4)
             .map(|i| {
@@ -383,7 +385,7 @@ impl Decoder {
                 let upsample =
                     (i > 0).then(|| PatchExpand::new(&(&sp / "upsample"), dims[i - 1], dims[i]));
                 let blocks = (0..cfg.depths[i])
-                    .map(|j| OmniBlock::new(&(&sp / "blocks" / j / "blocks" / 0), dims[i], cfg))
+                    .map(|j| OmniBlock::new(&(&sp / "blocks" / j / "blocks" / 0), &cfg.block(i)))
                     .collect();
                 Stage { upsample, blocks }
             })
@@ -408,5 +410,50 @@ impl Decoder {
         }
         outs.reverse();
         outs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Instance norm written out (per sample and channel over H, W; biased variance; eps 1e-5).
+    fn instance_norm_formula(x: &Tensor) -> Tensor {
+        let mean = x.mean_dim([2, 3].as_slice(), true, Kind::Float);
+        let var = x.var_dim([2, 3].as_slice(), false, true);
+        (x - mean) / (var + 1e-5).sqrt()
+    }
+
+    /// Value and input gradient of [`instance_norm`] equal the formula's, on channels-last
+    /// inputs as the decoder makes them, at every batch size and on both sides of the
+    /// group-norm switch.
+    #[test]
+    fn instance_norm_matches_formula_with_gradients() {
+        tch::manual_seed(0);
+        for (b, side, c) in [(1, 32, 16), (2, 32, 16), (1, 8, 16), (3, 32, 8)] {
+            let base = Tensor::randn([b, side, side, c], (Kind::Double, Device::Cpu));
+            let up = Tensor::randn([b, c, side, side], (Kind::Double, Device::Cpu));
+            let grads = |f: &dyn Fn(&Tensor) -> Tensor| {
+                let x = base.to_kind(Kind::Float).detach().set_requires_grad(true);
+                // [B, H, W, C] -> [B, C, H, W] view, channels-last in memory.
+                let y = f(&x.permute([0, 3, 1, 2]));
+                (&y * up.to_kind(Kind::Float)).sum(Kind::Float).backward();
+                (y.detach(), x.grad())
+            };
+            let (y, g) = grads(&|x| instance_norm(x).silu());
+            let (y_ref, g_ref) = grads(&|x| instance_norm_formula(x).silu());
+            let dy = (&y - &y_ref).abs().max().double_value(&[]);
+            let dg =
+                (&g - &g_ref).abs().max().double_value(&[]) / g_ref.abs().max().double_value(&[]);
+            assert!(
+                dy < 1e-4,
+                "batch {b}, {side}x{side}x{c}: value differs by {dy}"
+            );
+            assert!(
+                dg < 1e-4,
+                "batch {b}, {side}x{side}x{c}: gradient differs by {dg} (relative)"
+            );
+        }
     }
 }

@@ -18,6 +18,9 @@ pub mod neck;
 pub mod teacher;
 pub mod weights;
 
-pub use config::{Branches, GlobalAttention, OmniAdConfig};
+pub use config::{
+    Branches, ConfigError, DecoderConfig, GlobalAttention, NeckConfig, OmniAdConfig,
+    OmniBlockConfig, MAX_IMAGE_SIDE, MAX_STAGE_DEPTH,
+};
 pub use model::{OmniAd, Prediction};
 pub use teacher::{Teacher, TeacherArch};

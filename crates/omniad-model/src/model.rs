@@ -4,7 +4,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::anomaly_map;
-use crate::config::OmniAdConfig;
+use crate::config::{ConfigError, OmniAdConfig};
 use crate::decoder::Decoder;
 use crate::neck::Neck;
 use crate::teacher::Teacher;
@@ -49,18 +49,14 @@ impl OmniAd {
     ///
     /// # Errors
     /// The configuration is invalid (see [`OmniAdConfig::validate`]).
-    pub fn new(cfg: &OmniAdConfig, device: Device) -> Result<Self, String> {
+    pub fn new(cfg: &OmniAdConfig, device: Device) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let mut teacher_vs = VarStore::new(device);
         let teacher = Teacher::new(&(teacher_vs.root() / TEACHER_PREFIX), cfg.teacher);
         teacher_vs.freeze();
         let vs = VarStore::new(device);
-        let neck = Neck::new(
-            &(vs.root() / NECK_PREFIX),
-            cfg.teacher.channels(),
-            cfg.neck_width,
-        );
-        let decoder = Decoder::new(&(vs.root() / DECODER_PREFIX), cfg);
+        let neck = Neck::new(&(vs.root() / NECK_PREFIX), &cfg.neck());
+        let decoder = Decoder::new(&(vs.root() / DECODER_PREFIX), &cfg.decoder());
         Ok(Self {
             cfg: cfg.clone(),
             teacher_vs,
@@ -92,7 +88,20 @@ impl OmniAd {
     /// `train` selects BatchNorm batch statistics in the neck and adds feature jitter of scale
     /// `cfg.jitter_scale` to the neck output (reference `add_jitter`: noise `~ N(0,1) * |token| /
     /// C * scale`, per token of the `[B, h*w, C]` view). Returns the three maps in teacher order.
+    ///
+    /// In training the features are made contiguous (NCHW) first: the teacher returns
+    /// channels-last maps and the feature cache contiguous ones, and the neck's train-mode
+    /// BatchNorm backward is ill-conditioned enough (cancellation) that the two memory layouts'
+    /// summation orders give `Neck.conv1.weight` gradients 2e-3 apart. Contiguous input makes a
+    /// step identical with and without the cache and matches the reference's layout.
     pub fn reconstruct(&self, feats_t: &[Tensor], train: bool) -> Vec<Tensor> {
+        let contiguous: Vec<Tensor>;
+        let feats_t = if train {
+            contiguous = feats_t.iter().map(Tensor::contiguous).collect();
+            &contiguous[..]
+        } else {
+            feats_t
+        };
         let mut z = self.neck.forward_t(feats_t, train);
         if train && self.cfg.jitter_scale > 0.0 {
             z = add_jitter(&z, self.cfg.jitter_scale);

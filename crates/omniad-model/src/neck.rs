@@ -3,6 +3,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use crate::config::NeckConfig;
 use crate::init::conv2d_fan_out;
 
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
@@ -78,10 +79,11 @@ pub struct Neck {
 }
 
 impl Neck {
-    /// Builds the neck under `p` for teacher channels `[c1, c2, c3]` and output `width`
-    /// (a multiple of 4).
-    pub fn new(p: &nn::Path, channels: [i64; 3], width: i64) -> Self {
-        let [c1, c2, c3] = channels;
+    /// Builds the neck under `p` for teacher channels `cfg.channels = [c1, c2, c3]` and output
+    /// `cfg.width` (a multiple of 4).
+    pub fn new(p: &nn::Path, cfg: &NeckConfig) -> Self {
+        let [c1, c2, c3] = cfg.channels;
+        let width = cfg.width;
         let planes = width / 4;
         let bl = p / "bn_layer";
         let bn_layer = vec![

@@ -82,5 +82,6 @@ fn attention_and_token_ablations() {
     };
     assert!(OmniAd::new(&bad, Device::Cpu)
         .unwrap_err()
+        .0
         .contains("perfect square"));
 }

@@ -48,7 +48,7 @@ fn thresholds() -> Thresholds {
         global: Some(0.375),
         per_class: BTreeMap::from([("screw".to_string(), 0.25), ("woven".to_string(), 0.5)]),
         method: "test".into(),
-        normalisation: Some((0.125, 0.875)),
+        score_bounds: Some((0.125, 0.875)),
     }
 }
 
@@ -170,8 +170,8 @@ fn round_trip_is_bit_identical() {
     assert_eq!(meta.config, tiny_cfg());
     assert_eq!(loaded.cfg, tiny_cfg());
     assert_eq!(
-        meta.normalization,
-        TeacherArch::EfficientNetLite0.normalization()
+        meta.input_mean_std,
+        TeacherArch::EfficientNetLite0.input_mean_std()
     );
     assert_eq!(meta.weights_file, "model.safetensors");
     assert_eq!(
@@ -531,11 +531,8 @@ fn failed_writes_leave_no_partial_file() {
     let target = dir.path().join("model.safetensors");
     fs::create_dir(&target).expect("mkdir");
     fs::write(target.join("keep"), b"x").expect("write");
-    let err = checkpoint::write_atomic(&target, b"0123456789").expect_err("must fail");
-    assert!(
-        matches!(&err, CheckpointError::Io { path, .. } if path == &target),
-        "{err:?}"
-    );
+    let err = omniad_io::write_atomic(&target, b"0123456789").expect_err("must fail");
+    assert_eq!(err.path, target, "{err:?}");
     assert!(err.to_string().contains(&target.display().to_string()));
     assert_eq!(
         files_in(dir.path()),
@@ -557,8 +554,8 @@ fn failed_writes_leave_no_partial_file() {
 
     // A successful write replaces the file and leaves only it.
     let ok = dir.path().join("meta.json");
-    checkpoint::write_atomic(&ok, b"first").expect("write");
-    checkpoint::write_atomic(&ok, b"second").expect("overwrite");
+    omniad_io::write_atomic(&ok, b"first").expect("write");
+    omniad_io::write_atomic(&ok, b"second").expect("overwrite");
     assert_eq!(fs::read(&ok).expect("read"), b"second");
     assert_eq!(
         files_in(dir.path()),

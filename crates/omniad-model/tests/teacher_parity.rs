@@ -5,8 +5,8 @@
 //! - EfficientNet-Lite0: `teacher/efficientnet_lite0_expected.safetensors` holds an input in
 //!   `[0, 1]` and the three features computed with the shipped weights.
 //!
-//! Fixtures are located through `OMNIAD_FIXTURES`, else `shared/fixtures` next to the repository;
-//! a missing fixture fails the test.
+//! Fixtures are located by `omniad_testkit` (`OMNIAD_FIXTURES`, else `shared/fixtures` next to
+//! the repository); a missing fixture fails the test.
 use omniad_model::teacher::{
     load_shipped_efficientnet_lite0, shipped_efficientnet_lite0_path, Teacher, TeacherArch,
     SHIPPED_EFFICIENTNET_LITE0, SHIPPED_EFFICIENTNET_LITE0_SHA256,
@@ -18,21 +18,7 @@ use std::path::PathBuf;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn fixture(rel: &str) -> PathBuf {
-    let base = std::env::var_os("OMNIAD_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/fixtures"
-            ))
-        });
-    let path = base.join(rel);
-    assert!(
-        path.is_file(),
-        "missing fixture {} (set OMNIAD_FIXTURES to the shared fixtures directory)",
-        path.display()
-    );
-    path
+    omniad_testkit::fixture_file(rel)
 }
 
 fn read_map(rel: &str) -> HashMap<String, Tensor> {
@@ -94,7 +80,7 @@ fn efficientnet_lite0_features_match_reference() {
     assert!(report.ignored.is_empty(), "{:?}", report.ignored);
 
     let input01 = &expected["input_01"];
-    let (mean, std) = TeacherArch::EfficientNetLite0.normalization();
+    let (mean, std) = TeacherArch::EfficientNetLite0.input_mean_std();
     let mean = Tensor::from_slice(&mean).view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&std).view([1, 3, 1, 1]);
     let x = (input01 - mean) / std;

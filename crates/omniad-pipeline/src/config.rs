@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use omniad_data::DatasetKind;
-use omniad_model::{Branches, GlobalAttention, OmniAdConfig, TeacherArch};
+use omniad_model::{OmniAdConfig, TeacherArch};
 use serde::{Deserialize, Serialize};
 
+use crate::device::ComputeDevice;
 use crate::optim::AdamWConfig;
 
 /// Where teacher features of training images are kept between epochs.
@@ -24,109 +25,211 @@ pub enum FeatureCache {
     None,
 }
 
-/// Everything `omniad train` needs. Field defaults are the paper's (section 4.1 and the
-/// reference config `configs/omniad/omniad_mvtec.py`) except the teacher, which defaults to the
-/// offline EfficientNet-Lite0.
+/// The training data: which dataset and how it is read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
+pub struct DataConfig {
     /// Dataset layout.
     pub dataset: DatasetKind,
     /// Dataset root folder.
     pub data_root: PathBuf,
     /// Classes to train on (`None` = all discovered).
     pub classes: Option<Vec<String>>,
-    /// Teacher backbone.
-    pub teacher: TeacherArch,
-    /// Teacher weights (`.safetensors`/`.pth`); required for ResNets, optional for
-    /// EfficientNet-Lite0 (the shipped weights are used).
-    pub teacher_weights: Option<PathBuf>,
-    /// Omni-blocks per decoder stage.
-    pub depths: [usize; 4],
-    /// Square input size in pixels (multiple of 32).
-    pub image_size: u32,
-    /// Active Omni-block branches (ablation).
-    pub branches: Branches,
-    /// Global-branch attention (ablation).
-    pub attention: GlobalAttention,
-    /// Learnable tokens (a perfect square).
-    pub num_tokens: i64,
-    /// Feature-jitter scale (0 = off).
-    pub jitter_scale: f64,
+    /// Image-decoding threads (0 = rayon default).
+    pub workers: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: DatasetKind::Mvtec,
+            data_root: PathBuf::new(),
+            classes: None,
+            workers: 0,
+        }
+    }
+}
+
+/// Everything `omniad train` needs, nested as burn's guide does: the network
+/// ([`OmniAdConfig`], the same type the checkpoint stores), the data, the optimiser, and the
+/// loop's own settings. Defaults are the paper's (section 4.1 and the reference config
+/// `configs/omniad/omniad_mvtec.py`) with the one default teacher of [`OmniAdConfig::default`]
+/// (the offline EfficientNet-Lite0).
+///
+/// `config.toml` holds `[model]`, `[data]` and `[optim]` tables; the flat form of runs made
+/// before them is still read (see [`TrainConfig::from_toml_file`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
     /// Epochs.
     pub epochs: usize,
     /// Batch size.
     pub batch_size: usize,
-    /// Optimiser.
-    pub optim: AdamWConfig,
     /// Seed of shuffling, initialisation and jitter.
     pub seed: u64,
     /// Run folder.
     pub out: PathBuf,
-    /// `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    /// Device.
+    pub device: ComputeDevice,
     /// Teacher-feature cache.
     pub feature_cache: FeatureCache,
     /// Evaluate on the test split every this many epochs (0 = only when asked).
     pub eval_every: usize,
     /// Save a checkpoint every this many epochs (0 = only at the end and on Ctrl-C).
     pub save_every: usize,
-    /// Image-decoding threads (0 = rayon default).
-    pub workers: usize,
+    /// Teacher weights (`.safetensors`/`.pth`); required for ResNets, optional for
+    /// EfficientNet-Lite0 (the shipped weights are used).
+    pub teacher_weights: Option<PathBuf>,
+    /// The network (teacher, decoder depths, input size, ablations, jitter).
+    pub model: OmniAdConfig,
+    /// The training data.
+    pub data: DataConfig,
+    /// Optimiser.
+    pub optim: AdamWConfig,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        let paper = OmniAdConfig::paper();
         Self {
-            dataset: DatasetKind::Mvtec,
-            data_root: PathBuf::new(),
-            classes: None,
-            teacher: TeacherArch::EfficientNetLite0,
-            teacher_weights: None,
-            depths: paper.depths,
-            image_size: 256,
-            branches: paper.branches,
-            attention: paper.attention,
-            num_tokens: paper.num_tokens,
-            jitter_scale: paper.jitter_scale,
             epochs: 100,
             batch_size: 16,
-            optim: AdamWConfig::default(),
             seed: 42,
             out: PathBuf::from("runs/omniad"),
-            device: "cpu".into(),
+            device: ComputeDevice::Cpu,
             feature_cache: FeatureCache::Memory,
             eval_every: 0,
             save_every: 10,
-            workers: 0,
+            teacher_weights: None,
+            model: OmniAdConfig::default(),
+            data: DataConfig::default(),
+            optim: AdamWConfig::default(),
         }
     }
 }
 
-impl TrainConfig {
-    /// The model architecture this configuration trains.
-    pub fn model_config(&self) -> OmniAdConfig {
-        OmniAdConfig {
-            teacher: self.teacher,
-            depths: self.depths,
-            image_size: (self.image_size as i64, self.image_size as i64),
-            branches: self.branches,
-            attention: self.attention,
-            num_tokens: self.num_tokens,
-            jitter_scale: self.jitter_scale,
-            ..OmniAdConfig::paper()
+/// The flat `config.toml` of runs made before the `[model]`/`[data]` tables (read only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FlatTrainConfig {
+    dataset: DatasetKind,
+    data_root: PathBuf,
+    classes: Option<Vec<String>>,
+    teacher: omniad_model::TeacherArch,
+    teacher_weights: Option<PathBuf>,
+    depths: [usize; 4],
+    image_size: u32,
+    branches: omniad_model::Branches,
+    attention: omniad_model::GlobalAttention,
+    num_tokens: i64,
+    jitter_scale: f64,
+    epochs: usize,
+    batch_size: usize,
+    optim: AdamWConfig,
+    seed: u64,
+    out: PathBuf,
+    device: ComputeDevice,
+    feature_cache: FeatureCache,
+    eval_every: usize,
+    save_every: usize,
+    workers: usize,
+}
+
+impl Default for FlatTrainConfig {
+    fn default() -> Self {
+        let d = TrainConfig::default();
+        Self {
+            dataset: d.data.dataset,
+            data_root: d.data.data_root,
+            classes: d.data.classes,
+            teacher: d.model.teacher,
+            teacher_weights: d.teacher_weights,
+            depths: d.model.depths,
+            image_size: d.model.image_size.0,
+            branches: d.model.branches,
+            attention: d.model.attention,
+            num_tokens: d.model.num_tokens,
+            jitter_scale: d.model.jitter_scale,
+            epochs: d.epochs,
+            batch_size: d.batch_size,
+            optim: d.optim,
+            seed: d.seed,
+            out: d.out,
+            device: d.device,
+            feature_cache: d.feature_cache,
+            eval_every: d.eval_every,
+            save_every: d.save_every,
+            workers: d.data.workers,
         }
     }
+}
 
-    /// Reads a TOML configuration file (unknown keys are an error).
+impl From<FlatTrainConfig> for TrainConfig {
+    fn from(f: FlatTrainConfig) -> Self {
+        Self {
+            epochs: f.epochs,
+            batch_size: f.batch_size,
+            seed: f.seed,
+            out: f.out,
+            device: f.device,
+            feature_cache: f.feature_cache,
+            eval_every: f.eval_every,
+            save_every: f.save_every,
+            teacher_weights: f.teacher_weights,
+            model: OmniAdConfig {
+                teacher: f.teacher,
+                depths: f.depths,
+                image_size: (f.image_size, f.image_size),
+                branches: f.branches,
+                attention: f.attention,
+                num_tokens: f.num_tokens,
+                jitter_scale: f.jitter_scale,
+                ..OmniAdConfig::default()
+            },
+            data: DataConfig {
+                dataset: f.dataset,
+                data_root: f.data_root,
+                classes: f.classes,
+                workers: f.workers,
+            },
+            optim: f.optim,
+        }
+    }
+}
+
+/// A configuration file that cannot be read or is not valid; the message names the file and
+/// the key or value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigFileError(pub String);
+
+impl TrainConfig {
+    /// Reads a TOML configuration file (unknown keys are an error). The nested form
+    /// (`[model]`, `[data]`, `[optim]`) is current; a file with the flat keys of older runs
+    /// (`dataset`, `teacher`, `depths`, `image_size`, ... at the top level, as written by every
+    /// omniad before the nesting) is read as such.
     ///
     /// # Errors
     /// A message naming the file and the problem.
-    pub fn from_toml_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| format!("{}: invalid training config: {e}", path.display()))
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigFileError(format!("{}: {e}", path.display())))?;
+        let bad = |e: toml::de::Error| {
+            ConfigFileError(format!("{}: invalid training config: {e}", path.display()))
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(bad)?;
+        const FLAT_ONLY: [&str; 6] = [
+            "dataset",
+            "data_root",
+            "teacher",
+            "depths",
+            "image_size",
+            "workers",
+        ];
+        if FLAT_ONLY.iter().any(|k| table.contains_key(*k)) {
+            let flat: FlatTrainConfig = toml::from_str(&text).map_err(bad)?;
+            return Ok(flat.into());
+        }
+        toml::from_str(&text).map_err(bad)
     }
 
     /// The configuration as TOML text.
@@ -138,7 +241,11 @@ impl TrainConfig {
     ///
     /// # Errors
     /// A message naming the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigFileError> {
+        self.validate_values().map_err(ConfigFileError)
+    }
+
+    fn validate_values(&self) -> Result<(), String> {
         if self.epochs == 0 {
             return Err("epochs must be at least 1".into());
         }
@@ -168,14 +275,14 @@ impl TrainConfig {
                 ));
             }
         }
-        if self.teacher != TeacherArch::EfficientNetLite0 && self.teacher_weights.is_none() {
+        let teacher = self.model.teacher;
+        if teacher != TeacherArch::EfficientNetLite0 && self.teacher_weights.is_none() {
             return Err(format!(
-                "teacher {} needs ImageNet weights: pass --teacher-weights FILE ({})",
-                self.teacher,
-                weights_hint(self.teacher)
+                "teacher {teacher} needs ImageNet weights: pass --teacher-weights FILE ({})",
+                weights_hint(teacher)
             ));
         }
-        self.model_config().validate()
+        self.model.validate().map_err(|e| e.0)
     }
 }
 

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use omniad_data::DatasetKind;
 use omniad_synth::SynthConfig;
 
-use crate::config::{FeatureCache, TrainConfig};
+use crate::config::{DataConfig, FeatureCache, TrainConfig};
+use crate::device::ComputeDevice;
 use crate::eval::{eval_run, EvalOptions, EvalOutput};
 use crate::train::{open_train_dataset, train, TrainOptions, TrainOutcome};
 
@@ -29,8 +30,8 @@ pub struct DemoConfig {
     pub batch_size: usize,
     /// Learning rate.
     pub lr: f64,
-    /// `cpu`, `cuda`, `cuda:N`.
-    pub device: String,
+    /// Device.
+    pub device: ComputeDevice,
     /// Seed of data generation and training.
     pub seed: u64,
     /// Show progress bars.
@@ -52,7 +53,7 @@ impl DemoConfig {
             epochs: 48,
             batch_size: 16,
             lr: 1e-3,
-            device: "cpu".into(),
+            device: ComputeDevice::Cpu,
             seed: 42,
             progress: true,
         }
@@ -61,19 +62,22 @@ impl DemoConfig {
     /// The training configuration the demo runs.
     pub fn train_config(&self) -> TrainConfig {
         let mut cfg = TrainConfig {
-            dataset: DatasetKind::Mvtec,
-            data_root: self.dir.join("data"),
-            depths: self.depths,
-            image_size: self.image_size,
             epochs: self.epochs,
             batch_size: self.batch_size,
             seed: self.seed,
             out: self.dir.join("run"),
-            device: self.device.clone(),
+            device: self.device,
             feature_cache: FeatureCache::Memory,
             save_every: 0,
+            data: DataConfig {
+                dataset: DatasetKind::Mvtec,
+                data_root: self.dir.join("data"),
+                ..DataConfig::default()
+            },
             ..TrainConfig::default()
         };
+        cfg.model.depths = self.depths;
+        cfg.model.image_size = (self.image_size, self.image_size);
         cfg.optim.lr = self.lr;
         cfg
     }
@@ -150,12 +154,12 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoOutcome> {
     let t_train = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
-    let ds = open_train_dataset(&tcfg)?;
+    let ds = open_train_dataset(&tcfg.data)?;
     let maps_dir = tcfg.out.join("maps");
     let eval = eval_run(
         &tcfg.out,
         &ds,
-        &cfg.device,
+        cfg.device,
         &EvalOptions {
             save_maps: Some(maps_dir.clone()),
             progress: cfg.progress,

@@ -1,6 +1,5 @@
 //! `omniad eval`: anomaly maps of a run's model on a test split, metrics per class and mean,
 //! calibrated decision thresholds, optional saved maps.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,10 +9,11 @@ use omniad_model::checkpoint::{self, Thresholds};
 use omniad_model::OmniAd;
 use tch::{Device, Kind, Tensor};
 
+use crate::calibrate::{calibrate, merge_thresholds};
 use crate::config::TrainConfig;
-use crate::device::parse_device;
+use crate::device::ComputeDevice;
+use crate::input::{images_tensor, preprocess_for};
 use crate::runs::RunPaths;
-use crate::train::{images_tensor, preprocess_for};
 
 /// Options of an evaluation.
 #[derive(Debug, Clone)]
@@ -75,104 +75,6 @@ impl EvalOutput {
             pct("mad")
         )
     }
-}
-
-/// Threshold maximising F1 of `score >= t` over `(score, anomalous)` pairs; `None` without both
-/// normal and anomalous images. Ties in score are resolved as one threshold.
-pub fn f1_optimal_threshold(pairs: &[(f64, bool)]) -> Option<(f64, f64)> {
-    let n_pos = pairs.iter().filter(|p| p.1).count();
-    if n_pos == 0 || n_pos == pairs.len() {
-        return None;
-    }
-    let mut v: Vec<(f64, bool)> = pairs.to_vec();
-    v.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let (mut tp, mut fp) = (0usize, 0usize);
-    let mut best: Option<(f64, f64)> = None;
-    let mut i = 0;
-    while i < v.len() {
-        let t = v[i].0;
-        while i < v.len() && v[i].0 == t {
-            if v[i].1 {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            i += 1;
-        }
-        let f1 = 2.0 * tp as f64 / (tp + fp + n_pos) as f64;
-        if best.is_none_or(|(_, b)| f1 > b) {
-            // Midpoint to the next lower score: robust to tiny score changes.
-            let next = v.get(i).map(|p| p.0).unwrap_or(t);
-            best = Some(((t + next) / 2.0, f1));
-        }
-    }
-    best
-}
-
-/// `q`-quantile (0..=1, linear interpolation) of `values`; `None` if empty.
-pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
-}
-
-/// Percentile of normal scores used when a class has no anomalous test image.
-pub const NORMAL_PERCENTILE: f64 = 0.995;
-
-/// Per-class and global thresholds: F1-optimal where anomalies exist; otherwise the 99.5th
-/// percentile of the normal scores (with a warning). The score normalisation bounds are the
-/// min and max of all scores (`normalised = clamp((s - t) / (max - min) + 0.5, 0, 1)`, so
-/// 0.5 is the decision boundary).
-pub fn calibrate(scores: &[(String, f64, bool)], warnings: &mut Vec<String>) -> Thresholds {
-    let mut per_class = BTreeMap::new();
-    let mut by_class: BTreeMap<&str, Vec<(f64, bool)>> = BTreeMap::new();
-    for (c, s, l) in scores {
-        by_class.entry(c.as_str()).or_default().push((*s, *l));
-    }
-    let pick = |name: &str, pairs: &[(f64, bool)], warnings: &mut Vec<String>| -> Option<f64> {
-        match f1_optimal_threshold(pairs) {
-            Some((t, _)) => Some(t),
-            None => {
-                let normals: Vec<f64> = pairs.iter().filter(|p| !p.1).map(|p| p.0).collect();
-                let t = quantile(&normals, NORMAL_PERCENTILE);
-                warnings.push(match t {
-                    Some(_) => format!("{name}: no anomalous test image, threshold = 99.5th percentile of normal scores"),
-                    None => format!("{name}: no normal test image, no threshold calibrated"),
-                });
-                t
-            }
-        }
-    };
-    for (c, pairs) in &by_class {
-        if let Some(t) = pick(c, pairs, warnings) {
-            per_class.insert(c.to_string(), t);
-        }
-    }
-    let all: Vec<(f64, bool)> = scores.iter().map(|(_, s, l)| (*s, *l)).collect();
-    let global = pick("all classes", &all, warnings);
-    let lo = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
-    let hi = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
-    Thresholds {
-        global,
-        per_class,
-        method: "F1-optimal image-score threshold on the test split (99.5th percentile of normal scores where a class has no anomaly)".into(),
-        normalisation: (lo.is_finite() && hi > lo).then_some((lo, hi)),
-    }
-}
-
-/// Normalised score in `[0, 1]` with 0.5 at the threshold (see [`calibrate`]).
-pub fn normalise_score(score: f64, threshold: f64, bounds: Option<(f64, f64)>) -> f64 {
-    let span = bounds
-        .map(|(lo, hi)| hi - lo)
-        .filter(|s| *s > 0.0)
-        .unwrap_or(1.0);
-    ((score - threshold) / span + 0.5).clamp(0.0, 1.0)
 }
 
 /// Evaluates `model` on the test split of `ds`.
@@ -337,7 +239,7 @@ impl MapSaver {
         ];
         let path = self.dir.join(format!("{class}.safetensors"));
         let bytes = checkpoint::safetensors_bytes(&tensors, &path)?;
-        checkpoint::write_atomic(&path, &bytes)?;
+        omniad_io::write_atomic(&path, &bytes)?;
         self.maps.clear();
         self.masks.clear();
         self.scores.clear();
@@ -366,7 +268,9 @@ pub fn dataset_for_run(
         bail!("{}: run folder not found", run.display());
     }
     let paths = RunPaths::new(run);
-    let saved = TrainConfig::from_toml_file(&paths.config).ok();
+    let saved = TrainConfig::from_toml_file(&paths.config)
+        .ok()
+        .map(|c| c.data);
     let kind = kind.or(saved.as_ref().map(|c| c.dataset));
     let root = root
         .map(Path::to_path_buf)
@@ -389,9 +293,14 @@ pub fn dataset_for_run(
 ///
 /// # Errors
 /// See [`evaluate_model`] and [`dataset_for_run`]; a run folder without a checkpoint.
-pub fn eval_run(run: &Path, ds: &Dataset, device: &str, opts: &EvalOptions) -> Result<EvalOutput> {
-    let device = parse_device(device).map_err(anyhow::Error::msg)?;
-    let ckpt = crate::train::checkpoint_of(run)?;
+pub fn eval_run(
+    run: &Path,
+    ds: &Dataset,
+    device: ComputeDevice,
+    opts: &EvalOptions,
+) -> Result<EvalOutput> {
+    let device = device.open()?;
+    let ckpt = crate::runs::checkpoint_of(run)?;
     let (model, mut meta) = checkpoint::load(&ckpt, device)?;
     let out = evaluate_model(&model, ds, opts)?;
     let paths = RunPaths::new(run);
@@ -400,31 +309,14 @@ pub fn eval_run(run: &Path, ds: &Dataset, device: &str, opts: &EvalOptions) -> R
     json["warnings"] = serde_json::to_value(&out.warnings)?;
     json["dataset"] =
         serde_json::json!({"kind": ds.kind.to_string(), "root": ds.root.display().to_string()});
-    checkpoint::write_atomic(
+    omniad_io::write_atomic(
         &paths.metrics_json,
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    checkpoint::write_atomic(&paths.metrics_csv, report_csv(&out.report).as_bytes())?;
+    omniad_io::write_atomic(&paths.metrics_csv, report_csv(&out.report).as_bytes())?;
     meta.thresholds = Some(merge_thresholds(meta.thresholds.take(), &out.thresholds));
     checkpoint::write_meta(&ckpt, &meta)?;
     Ok(out)
-}
-
-/// Thresholds after a new calibration: classes evaluated now get their new threshold, classes
-/// not evaluated now keep theirs, and a calibrated global threshold is never replaced by none.
-pub fn merge_thresholds(old: Option<Thresholds>, new: &Thresholds) -> Thresholds {
-    let Some(mut merged) = old else {
-        return new.clone();
-    };
-    for (class, t) in &new.per_class {
-        merged.per_class.insert(class.clone(), *t);
-    }
-    if new.global.is_some() {
-        merged.global = new.global;
-        merged.normalisation = new.normalisation;
-    }
-    merged.method = new.method.clone();
-    merged
 }
 
 /// The report as CSV: one row per class and a `mean` row, fractions in `[0, 1]`, empty cells
@@ -453,68 +345,4 @@ pub fn report_csv(report: &Report) -> String {
     let cells: Vec<String> = keys.iter().map(|k| cell(&json["mean"][*k])).collect();
     out.push_str(&format!("mean,{}\n", cells.join(",")));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f1_threshold_separates_perfectly() {
-        let pairs = [(0.1, false), (0.2, false), (0.8, true), (0.9, true)];
-        let (t, f1) = f1_optimal_threshold(&pairs).unwrap();
-        assert!((f1 - 1.0).abs() < 1e-12);
-        assert!((t - 0.5).abs() < 1e-12, "{t}");
-        assert!(f1_optimal_threshold(&[(0.1, false)]).is_none());
-    }
-
-    #[test]
-    fn f1_threshold_with_overlap() {
-        // scores: normal 0.1 0.6, anomalous 0.5 0.9: best is t <= 0.5 (tp 2, fp 1, f1 0.8)
-        let pairs = [(0.1, false), (0.6, false), (0.5, true), (0.9, true)];
-        let (t, f1) = f1_optimal_threshold(&pairs).unwrap();
-        assert!((f1 - 0.8).abs() < 1e-12, "{f1}");
-        assert!(t > 0.1 && t <= 0.5, "{t}");
-    }
-
-    #[test]
-    fn calibrate_warns_without_anomalies() {
-        let scores: Vec<(String, f64, bool)> = (0..201)
-            .map(|i| ("a".to_string(), i as f64, false))
-            .collect();
-        let mut w = Vec::new();
-        let t = calibrate(&scores, &mut w);
-        assert!((t.per_class["a"] - 199.0).abs() < 1e-9);
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("no anomalous test image"));
-    }
-
-    #[test]
-    fn merging_keeps_classes_not_evaluated() {
-        let old = Thresholds {
-            global: Some(0.5),
-            per_class: [("a".to_string(), 0.1), ("b".to_string(), 0.2)]
-                .into_iter()
-                .collect(),
-            method: "old".into(),
-            normalisation: Some((0.0, 1.0)),
-        };
-        let new = Thresholds {
-            global: None,
-            per_class: [("a".to_string(), 0.3)].into_iter().collect(),
-            method: "new".into(),
-            normalisation: None,
-        };
-        let m = merge_thresholds(Some(old), &new);
-        assert_eq!(m.global, Some(0.5));
-        assert_eq!(m.per_class["a"], 0.3);
-        assert_eq!(m.per_class["b"], 0.2);
-        assert_eq!(m.normalisation, Some((0.0, 1.0)));
-    }
-
-    #[test]
-    fn normalised_score_is_half_at_threshold() {
-        assert_eq!(normalise_score(0.3, 0.3, Some((0.0, 1.0))), 0.5);
-        assert_eq!(normalise_score(5.0, 0.3, Some((0.0, 1.0))), 1.0);
-    }
 }

@@ -6,10 +6,12 @@
 //! - [`demo`]: `omniad demo` (synthetic data, training, evaluation in one go).
 //! - [`alloc`]: allocator settings that make libtorch's CPU tensors cheaper to allocate.
 pub mod alloc;
+pub mod calibrate;
 pub mod config;
 pub mod demo;
 pub mod device;
 pub mod eval;
+pub mod input;
 pub mod optim;
 pub mod overlay;
 pub mod predict;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
-use omniad_model::checkpoint::{write_atomic, CheckpointError};
+use omniad_io::{write_atomic, WriteError};
 
 /// Errors of overlay and mask rendering and writing.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum OverlayError {
     },
     /// Writing the file failed (the message names it; nothing is left behind).
     #[error(transparent)]
-    Write(#[from] CheckpointError),
+    Write(#[from] WriteError),
 }
 
 /// Number of entries of the colour lookup table (one per 8-bit level).

@@ -3,7 +3,7 @@
 //!
 //! Each image is decoded with [`omniad_data::load_rgb`] (EXIF orientation applied; gray, RGBA
 //! and 16-bit images converted like Pillow's `convert('RGB')`; any size), preprocessed exactly as
-//! in training ([`omniad_data::preprocess_rgb`] with [`crate::train::preprocess_for`]: antialiased
+//! in training ([`omniad_data::preprocess_rgb`] with [`crate::input::preprocess_for`]: antialiased
 //! bilinear resize to the model's input size, then the teacher's normalisation) and scored by
 //! [`omniad_model::OmniAd::predict`] (anomaly map = mean over the three scales of
 //! `1 - cos(teacher, decoder)`, Gaussian blur with sigma 4, image score = max of the map; paper
@@ -32,16 +32,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use omniad_data::{has_image_extension, load_rgb, preprocess_rgb};
+use omniad_metrics::normalise_score;
 use omniad_model::checkpoint::{self, Thresholds};
 use rayon::prelude::*;
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use crate::device::parse_device;
-use crate::eval::normalise_score;
+use crate::device::ComputeDevice;
+use crate::input::{images_tensor, preprocess_for};
 use crate::overlay;
-use crate::train::{checkpoint_of, images_tensor, preprocess_for};
+use crate::runs::checkpoint_of;
 
 /// The warning given once when no decision threshold is available.
 pub const NO_THRESHOLD_HINT: &str =
@@ -86,7 +87,7 @@ pub struct PredictRecord {
     /// Image score: maximum of the blurred anomaly map, in `[0, 2]` (`1 - cos` units; higher =
     /// more anomalous).
     pub image_score: f64,
-    /// Score mapped to `[0, 1]` with 0.5 at the threshold (see [`crate::eval::normalise_score`],
+    /// Score mapped to `[0, 1]` with 0.5 at the threshold (see [`omniad_metrics::normalise_score`],
     /// span from the calibration's normalisation bounds, else 1); `None` without a threshold.
     pub normalised_score: Option<f64>,
     /// Decision threshold used on the image score; `None` when none is known.
@@ -320,7 +321,7 @@ fn validate(opts: &PredictOptions) -> Result<()> {
 pub fn predict_run(
     run: &Path,
     inputs: &[PathBuf],
-    device: &str,
+    device: ComputeDevice,
     opts: &PredictOptions,
     mut on_record: impl FnMut(&PredictRecord) -> Result<()>,
 ) -> Result<Vec<PredictRecord>> {
@@ -328,7 +329,7 @@ pub fn predict_run(
     if inputs.is_empty() {
         bail!("no input image given");
     }
-    let device = parse_device(device).map_err(anyhow::Error::msg)?;
+    let device = device.open()?;
     let ckpt = checkpoint_of(run)?;
     if let Some(out) = &opts.out {
         prepare_out_dir(out)?;
@@ -336,7 +337,7 @@ pub fn predict_run(
     let stems = opts.out.as_deref().map(|out| output_stems(inputs, out));
     let meta = checkpoint::read_meta(&ckpt)?;
     let threshold = decision_threshold(meta.thresholds.as_ref(), opts, &ckpt)?;
-    let bounds = meta.thresholds.as_ref().and_then(|t| t.normalisation);
+    let bounds = meta.thresholds.as_ref().and_then(|t| t.score_bounds);
     if threshold.is_none() {
         tracing::warn!("{NO_THRESHOLD_HINT}");
         if opts.out.is_some() {

@@ -4,12 +4,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use omniad_model::checkpoint::{self, write_atomic};
+use omniad_io::write_atomic;
+use omniad_model::checkpoint;
 use omniad_model::OmniAd;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::optim::AdamW;
-use crate::train::TrainState;
 
 /// File names inside a run folder.
 #[derive(Debug, Clone)]
@@ -48,12 +49,78 @@ impl RunPaths {
     }
 }
 
-/// Creates the run folder and checks it is writable. A new run refuses a folder that already
-/// holds a checkpoint (so nothing is overwritten by mistake); a resumed run requires one.
+/// Resume position stored next to the optimiser state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Epoch in progress (0-based).
+    pub epoch: usize,
+    /// Batches of that epoch already done.
+    pub batch_in_epoch: usize,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// Sum of losses of the batches done in the current epoch.
+    pub epoch_loss_sum: f64,
+}
+
+/// An exclusive OS lock on a run folder (`RUN/.lock`, holding the owner's pid), held by a
+/// training for its whole duration so that a second writer is refused. The operating system
+/// releases it when the process ends, however it ends, so a stale lock never blocks.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// Locks the run folder `dir` (which must exist).
+///
+/// # Errors
+/// Another process holds the lock (the message names its pid), or the lock file cannot be
+/// created.
+pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
+    let path = dir.join(".lock");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create the run lock {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "{}: this run folder is in use by another omniad process (pid {}); wait for it to finish or choose another --out",
+                dir.display(),
+                holder.trim()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|_| file.write_all(std::process::id().to_string().as_bytes()))
+        .and_then(|_| file.flush())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(RunLock { _file: file })
+}
+
+/// Creates the run folder, locks it ([`RunLock`], for as long as the returned guard lives) and
+/// checks it is writable. A new run refuses a folder that already holds a checkpoint (so
+/// nothing is overwritten by mistake); a resumed run requires one.
 ///
 /// # Errors
 /// Messages naming the folder.
-pub fn prepare_run_dir(paths: &RunPaths, resume: bool) -> Result<()> {
+pub fn prepare_run_dir(paths: &RunPaths, resume: bool) -> Result<RunLock> {
+    if resume && !paths.dir.is_dir() {
+        bail!(
+            "{}: run folder not found, nothing to resume",
+            paths.dir.display()
+        );
+    }
+    fs::create_dir_all(&paths.dir)
+        .with_context(|| format!("cannot create run folder {}", paths.dir.display()))?;
+    let lock = lock_run_dir(&paths.dir)?;
     if resume {
         if !paths.state_json.is_file() || !paths.model_json.is_file() {
             bail!(
@@ -69,15 +136,13 @@ pub fn prepare_run_dir(paths: &RunPaths, resume: bool) -> Result<()> {
             paths.dir.display()
         );
     }
-    fs::create_dir_all(&paths.dir)
-        .with_context(|| format!("cannot create run folder {}", paths.dir.display()))?;
     let probe = paths
         .dir
         .join(format!(".write-test-{}", std::process::id()));
     File::create(&probe)
         .and_then(|_| fs::remove_file(&probe))
         .with_context(|| format!("run folder {} is not writable", paths.dir.display()))?;
-    Ok(())
+    Ok(lock)
 }
 
 fn file_name(p: &Path) -> String {
@@ -96,6 +161,7 @@ pub fn save_all(
     model: &OmniAd,
     opt: &AdamW,
     state: &TrainState,
+    data: &DataFingerprint,
     provenance: serde_json::Value,
 ) -> Result<()> {
     let thresholds = checkpoint::read_meta(&paths.model_json)
@@ -105,7 +171,7 @@ pub fn save_all(
     let bytes = checkpoint::safetensors_bytes(&opt.state_tensors(), &paths.opt_state)?;
     write_atomic(&paths.opt_state, &bytes)?;
     let sha = checkpoint::sha256_file(&paths.opt_state)?;
-    let json = serde_json::json!({"state": state, "opt_state_sha256": sha});
+    let json = serde_json::json!({"state": state, "opt_state_sha256": sha, "data": data});
     write_atomic(
         &paths.state_json,
         serde_json::to_string_pretty(&json)?.as_bytes(),
@@ -113,8 +179,47 @@ pub fn save_all(
     Ok(())
 }
 
-/// What [`load_resume`] returns: the model, the optimiser state tensors and the position.
-pub type Resumed = (OmniAd, Vec<(String, Tensor)>, TrainState);
+/// What [`load_resume`] returns: the model, the optimiser state tensors, the position and the
+/// fingerprint of the training images the run started with (`None` for runs saved before it
+/// was recorded).
+pub type Resumed = (
+    OmniAd,
+    Vec<(String, Tensor)>,
+    TrainState,
+    Option<DataFingerprint>,
+);
+
+/// What identifies the training images of a run: their number and the SHA-256 of the sorted
+/// list of `(path, size in bytes)`. A resumed run must see the same images: another order of
+/// batches or another image count would silently train a different model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    /// Number of training images.
+    pub images: usize,
+    /// Hex SHA-256 of `path\tsize\n` lines in dataset order.
+    pub sha256: String,
+}
+
+impl DataFingerprint {
+    /// Fingerprint of `samples` (their files are only `stat`ed, not read).
+    ///
+    /// # Errors
+    /// A file that cannot be `stat`ed (named).
+    pub fn of(samples: &[omniad_data::Sample]) -> Result<Self> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for s in samples {
+            let size = fs::metadata(&s.image)
+                .with_context(|| format!("cannot read {}", s.image.display()))?
+                .len();
+            h.update(format!("{}\t{size}\n", s.image.display()).as_bytes());
+        }
+        Ok(Self {
+            images: samples.len(),
+            sha256: format!("{:x}", h.finalize()),
+        })
+    }
+}
 
 /// Loads what [`save_all`] wrote: the model, the optimiser state tensors and the position.
 ///
@@ -141,7 +246,13 @@ pub fn load_resume(paths: &RunPaths, device: Device) -> Result<Resumed> {
     }
     let opt = Tensor::read_safetensors(&paths.opt_state)
         .with_context(|| format!("{}: unreadable optimiser state", paths.opt_state.display()))?;
-    Ok((model, opt, state))
+    let data = match v.get("data") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(d) => Some(serde_json::from_value(d.clone()).with_context(|| {
+            format!("{}: invalid data fingerprint", paths.state_json.display())
+        })?),
+    };
+    Ok((model, opt, state, data))
 }
 
 /// Append-only JSON-lines log.
@@ -192,4 +303,24 @@ impl JsonlLog {
     pub fn write(&mut self, v: &serde_json::Value) -> Result<()> {
         writeln!(self.file, "{v}").with_context(|| format!("cannot write {}", self.path.display()))
     }
+}
+
+/// Checks that a run folder holds a loadable checkpoint and returns its description path.
+///
+/// # Errors
+/// The folder or its checkpoint is missing.
+pub fn checkpoint_of(run: &Path) -> Result<PathBuf> {
+    if !run.is_dir() {
+        bail!("{}: run folder not found", run.display());
+    }
+    let p = RunPaths::new(run).model_json;
+    if !p.is_file() {
+        bail!(
+            "{}: no checkpoint in this run folder (expected {})",
+            run.display(),
+            p.display()
+        );
+    }
+    checkpoint::read_meta(&p)?;
+    Ok(p)
 }

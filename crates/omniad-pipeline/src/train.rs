@@ -1,6 +1,6 @@
 //! `omniad train`: one Omni-AD model on all classes of a dataset (reference trainer
 //! `trainer/omniad_trainer.py`), with a teacher-feature cache, exact resume and Ctrl-C safety.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,15 +8,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use omniad_data::{open_dataset, Dataset, Loader, LoaderOptions, OpenOptions, Preprocess};
-use omniad_model::checkpoint;
 use omniad_model::OmniAd;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{FeatureCache, TrainConfig};
-use crate::device::{device_name, parse_device};
+use crate::config::{DataConfig, FeatureCache, TrainConfig};
+use crate::device::device_name;
+use crate::input::{images_tensor, preprocess_for};
 use crate::optim::{step_lr, AdamW};
-use crate::runs::{self, RunPaths};
+use crate::runs::{self, DataFingerprint, RunPaths, TrainState};
 use crate::teacher::load_teacher;
 
 /// Options of a training call that are not part of the saved configuration.
@@ -55,19 +55,6 @@ pub struct TrainOutcome {
     pub cache_seconds: f64,
 }
 
-/// Resume position stored next to the optimiser state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TrainState {
-    /// Epoch in progress (0-based).
-    pub epoch: usize,
-    /// Batches of that epoch already done.
-    pub batch_in_epoch: usize,
-    /// Optimiser steps taken.
-    pub steps: u64,
-    /// Sum of losses of the batches done in the current epoch.
-    pub epoch_loss_sum: f64,
-}
-
 /// Seed of the global libtorch RNG for optimiser step `step` (feature jitter), so that a resumed
 /// run draws exactly the noise an uninterrupted one would.
 fn step_seed(seed: u64, step: u64) -> i64 {
@@ -77,36 +64,26 @@ fn step_seed(seed: u64, step: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// The preprocessing the teacher of `cfg` expects.
-pub fn preprocess_for(model_cfg: &omniad_model::OmniAdConfig) -> Preprocess {
-    let (mean, std) = model_cfg.teacher.normalization();
-    Preprocess {
-        size: (model_cfg.image_size.0 as u32, model_cfg.image_size.1 as u32),
-        mean,
-        std,
-    }
-}
-
-/// Opens the dataset a training configuration names.
+/// Opens the training dataset.
 ///
 /// # Errors
-/// The data crate's error (names the folder and the layouts tried).
-pub fn open_train_dataset(cfg: &TrainConfig) -> Result<Dataset> {
+/// The data crate's error (names the folder and the layouts tried); no training image.
+pub fn open_train_dataset(data: &DataConfig) -> Result<Dataset> {
     let ds = open_dataset(
-        cfg.dataset,
-        &cfg.data_root,
-        cfg.classes.as_deref(),
+        data.dataset,
+        &data.data_root,
+        data.classes.as_deref(),
         &OpenOptions::default(),
     )
     .with_context(|| {
         format!(
             "cannot open {} dataset at {}",
-            cfg.dataset,
-            cfg.data_root.display()
+            data.dataset,
+            data.data_root.display()
         )
     })?;
     if ds.train.is_empty() {
-        bail!("{}: no training images found", cfg.data_root.display());
+        bail!("{}: no training images found", data.data_root.display());
     }
     Ok(ds)
 }
@@ -191,13 +168,6 @@ impl FeatureStore {
     }
 }
 
-/// `[B, 3, H, W]` tensor from the loader's flat CHW buffer.
-pub fn images_tensor(images: &[f32], b: usize, pp: &Preprocess, device: Device) -> Tensor {
-    Tensor::from_slice(images)
-        .reshape([b as i64, 3, pp.size.0 as i64, pp.size.1 as i64])
-        .to_device(device)
-}
-
 fn make_bar(progress: bool, len: u64, what: &str) -> ProgressBar {
     if !progress {
         return ProgressBar::hidden();
@@ -212,6 +182,183 @@ fn make_bar(progress: bool, len: u64, what: &str) -> ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
+}
+
+/// Teacher features of training batches, from the cache when it holds them, else decoded and
+/// run through the teacher (and cached). One per training call; [`Self::start_epoch`] prepares
+/// the decoding of an epoch's batches that the cache cannot serve.
+struct FeatureSource<'a> {
+    ds: &'a Dataset,
+    pp: Preprocess,
+    batch_size: usize,
+    cache: Option<FeatureStore>,
+    loader: Option<Loader>,
+}
+
+impl<'a> FeatureSource<'a> {
+    fn new(ds: &'a Dataset, pp: Preprocess, batch_size: usize, cache: FeatureCache) -> Self {
+        Self {
+            ds,
+            pp,
+            batch_size,
+            cache: FeatureStore::new(cache, ds.train.len()),
+            loader: None,
+        }
+    }
+
+    /// Starts decoding, in parallel threads, the batches `chunks` that the cache cannot serve
+    /// (all of them without a cache; those of the first epoch with one).
+    fn start_epoch(&mut self, chunks: &[Vec<usize>]) -> Result<()> {
+        let to_decode: Vec<usize> = chunks
+            .iter()
+            .filter(|c| !self.cache.as_ref().is_some_and(|s| s.has_all(c)))
+            .flatten()
+            .copied()
+            .collect();
+        self.loader = if to_decode.is_empty() {
+            None
+        } else {
+            Some(Loader::with_indices(
+                &self.ds.train,
+                &to_decode,
+                LoaderOptions::new(self.batch_size, self.pp),
+            )?)
+        };
+        Ok(())
+    }
+
+    /// Teacher features `[B, C_i, h_i, w_i]` (3 scales) of training images `idx`, on the
+    /// model's device.
+    fn features(&mut self, model: &OmniAd, idx: &[usize]) -> Result<Vec<Tensor>> {
+        if let Some(store) = self.cache.as_ref().filter(|s| s.has_all(idx)) {
+            return Ok(store.get(idx, model.device()));
+        }
+        let batch = self
+            .loader
+            .as_mut()
+            .context("no data loader for a batch to decode")?
+            .next()
+            .context("data loader ended early")??;
+        if batch.indices != idx {
+            bail!(
+                "data loader returned images {:?}, expected {idx:?}",
+                batch.indices
+            );
+        }
+        let x = images_tensor(&batch.images, idx.len(), &self.pp, model.device());
+        let t0 = Instant::now();
+        let fresh = model.teacher_features(&x);
+        Ok(match self.cache.as_mut() {
+            Some(store) => {
+                let kept = store.put(idx, fresh);
+                store.teacher_seconds += t0.elapsed().as_secs_f64();
+                kept
+            }
+            None => fresh,
+        })
+    }
+
+    /// Seconds spent in the teacher while filling the cache.
+    fn cache_seconds(&self) -> f64 {
+        self.cache.as_ref().map_or(0.0, |c| c.teacher_seconds)
+    }
+}
+
+/// One optimisation step on teacher features `feats` (reference `OmniADTrainer.optimize_parameters`):
+/// decoder forward in training mode (neck BatchNorm batch statistics, feature jitter drawn from
+/// the RNG seeded for this step), loss, backward, AdamW step at `lr`. Returns `(loss, grad norm)`.
+///
+/// # Errors
+/// A non-finite loss (divergence), naming the epoch and step.
+fn optimisation_step(
+    model: &OmniAd,
+    opt: &mut AdamW,
+    feats: &[Tensor],
+    lr: f64,
+    jitter_seed: i64,
+    at: (usize, u64),
+) -> Result<(f64, f64)> {
+    tch::manual_seed(jitter_seed);
+    let recon = model.reconstruct(feats, true);
+    let loss = OmniAd::loss(feats, &recon);
+    opt.zero_grad();
+    loss.backward();
+    let grad_norm = opt.step(lr);
+    let loss_v = loss.double_value(&[]);
+    if !loss_v.is_finite() {
+        bail!(
+            "training diverged: loss is {loss_v} at epoch {}, step {} (try a lower --lr)",
+            at.0 + 1,
+            at.1
+        );
+    }
+    Ok((loss_v, grad_norm))
+}
+
+/// A new model with the teacher's weights and the initial position, or the resumed run's model,
+/// optimiser state and position, checked against the configuration and the training images
+/// (`data`, `batches_per_epoch`).
+fn start_or_resume(
+    cfg: &TrainConfig,
+    paths: &RunPaths,
+    resume: bool,
+    device: tch::Device,
+    data: &DataFingerprint,
+    batches_per_epoch: usize,
+) -> Result<(OmniAd, TrainState, Option<Vec<(String, Tensor)>>)> {
+    if resume {
+        let (model, opt_state, state, saved_data) = runs::load_resume(paths, device)?;
+        let st = paths.state_json.display();
+        if let Some(saved) = saved_data.filter(|d| d != data) {
+            bail!(
+                "{st}: the training images changed since this run started ({} images then, {} now, or other files/sizes): resuming would train on other data; restore the dataset or start a new run",
+                saved.images,
+                data.images
+            );
+        }
+        if model.cfg != cfg.model {
+            bail!(
+                "{}: the checkpoint's architecture differs from {}: the run folder is inconsistent",
+                paths.model_json.display(),
+                paths.config.display()
+            );
+        }
+        let expected_steps = (state.epoch * batches_per_epoch + state.batch_in_epoch) as u64;
+        if state.batch_in_epoch >= batches_per_epoch.max(1) || state.steps != expected_steps {
+            bail!(
+                "{st}: impossible resume position (epoch {}, batch {} of {batches_per_epoch}, step {}; expected step {expected_steps}): the state is corrupt or from another dataset",
+                state.epoch + 1,
+                state.batch_in_epoch,
+                state.steps
+            );
+        }
+        if state.epoch > cfg.epochs {
+            bail!(
+                "{st}: the run already did {} epochs, more than --epochs {}",
+                state.epoch,
+                cfg.epochs
+            );
+        }
+        if state.epoch == cfg.epochs {
+            bail!(
+                "{}: the run finished all {} epochs; pass a larger --epochs to train it further",
+                paths.dir.display(),
+                cfg.epochs
+            );
+        }
+        tracing::info!(
+            "resuming {} at epoch {}, step {}",
+            paths.dir.display(),
+            state.epoch + 1,
+            state.steps
+        );
+        return Ok((model, state, Some(opt_state)));
+    }
+    tch::manual_seed(cfg.seed as i64);
+    let mut model = OmniAd::new(&cfg.model, device)?;
+    load_teacher(&mut model, cfg.teacher_weights.as_deref())?;
+    omniad_io::write_atomic(&paths.config, cfg.to_toml().as_bytes())?;
+    Ok((model, TrainState::default(), None))
 }
 
 /// Trains (or resumes) the run described by `cfg`.
@@ -229,41 +376,23 @@ fn make_bar(progress: bool, len: u64, what: &str) -> ProgressBar {
 /// Bad configuration, unreadable data or teacher weights, an unwritable run folder; each message
 /// names the file or setting.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
-    cfg.validate().map_err(anyhow::Error::msg)?;
-    let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
+    cfg.validate()?;
+    let device = cfg.device.open()?;
     let paths = RunPaths::new(&cfg.out);
-    runs::prepare_run_dir(&paths, opts.resume)?;
+    let _lock = runs::prepare_run_dir(&paths, opts.resume)?;
 
-    let ds = open_train_dataset(cfg)?;
-    let model_cfg = cfg.model_config();
-    tch::manual_seed(cfg.seed as i64);
-    let mut model = OmniAd::new(&model_cfg, device).map_err(anyhow::Error::msg)?;
-    let pp = preprocess_for(&model_cfg);
-
-    let mut resume_opt = None;
-    let mut state = TrainState {
-        epoch: 0,
-        batch_in_epoch: 0,
-        steps: 0,
-        epoch_loss_sum: 0.0,
-    };
-    if opts.resume {
-        let (m, opt_state, st) = runs::load_resume(&paths, device)?;
-        model = m;
-        state = st;
-        resume_opt = Some(opt_state);
-        tracing::info!(
-            "resuming {} at epoch {}, step {}",
-            paths.dir.display(),
-            state.epoch + 1,
-            state.steps
-        );
-    } else {
-        load_teacher(&mut model, cfg.teacher_weights.as_deref())?;
-        std::fs::write(&paths.config, cfg.to_toml())
-            .with_context(|| format!("cannot write {}", paths.config.display()))?;
-    }
-
+    let ds = open_train_dataset(&cfg.data)?;
+    let n = ds.train.len();
+    let batches_per_epoch = n.div_ceil(cfg.batch_size);
+    let fingerprint = DataFingerprint::of(&ds.train)?;
+    let (model, mut state, resume_opt) = start_or_resume(
+        cfg,
+        &paths,
+        opts.resume,
+        device,
+        &fingerprint,
+        batches_per_epoch,
+    )?;
     let mut opt = AdamW::new(cfg.optim, model.trainable_named());
     if let Some(st) = resume_opt {
         opt.load_state(st)
@@ -273,8 +402,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let provenance = |epochs_done: usize| {
         serde_json::json!({
             "omniad_version": env!("CARGO_PKG_VERSION"),
-            "dataset": cfg.dataset.to_string(),
-            "data_root": cfg.data_root.display().to_string(),
+            "dataset": cfg.data.dataset.to_string(),
+            "data_root": cfg.data.data_root.display().to_string(),
             "classes": ds.classes,
             "train_images": ds.train.len(),
             "epochs": cfg.epochs,
@@ -287,9 +416,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         })
     };
 
-    let n = ds.train.len();
-    let mut cache = FeatureStore::new(cfg.feature_cache, n);
-    let batches_per_epoch = n.div_ceil(cfg.batch_size);
+    let mut source = FeatureSource::new(
+        &ds,
+        preprocess_for(&model.cfg),
+        cfg.batch_size,
+        cfg.feature_cache,
+    );
     let mut log = runs::JsonlLog::open(&paths.log, opts.resume.then_some(state.steps))?;
     let started = Instant::now();
     let mut images_done = 0usize;
@@ -307,30 +439,25 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         );
         bar.set_position(state.batch_in_epoch as u64);
         let chunks: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(|c| c.to_vec()).collect();
-        // Decode, in parallel threads, this epoch's remaining batches that the cache cannot
-        // serve (all of them without a cache; in the first epoch with one).
-        let to_decode: Vec<usize> = chunks[state.batch_in_epoch..]
-            .iter()
-            .filter(|c| !cache.as_ref().is_some_and(|s| s.has_all(c)))
-            .flatten()
-            .copied()
-            .collect();
-        let mut loader = if to_decode.is_empty() {
-            None
-        } else {
-            Some(Loader::with_indices(
-                &ds.train,
-                &to_decode,
-                LoaderOptions::new(cfg.batch_size, pp),
-            )?)
-        };
+        if state.batch_in_epoch > chunks.len() {
+            bail!(
+                "{}: batch {} of epoch {} does not exist (the epoch has {} batches): the resume state does not fit this dataset",
+                paths.state_json.display(),
+                state.batch_in_epoch,
+                epoch + 1,
+                chunks.len()
+            );
+        }
+        source.start_epoch(&chunks[state.batch_in_epoch..])?;
         while state.batch_in_epoch < chunks.len() {
-            if let Some(flag) = &opts.interrupt {
-                if flag.load(Ordering::SeqCst) {
-                    interrupted = true;
-                    bar.abandon_with_message("interrupted");
-                    break 'epochs;
-                }
+            if opts
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst))
+            {
+                interrupted = true;
+                bar.abandon_with_message("interrupted");
+                break 'epochs;
             }
             if opts.max_steps.is_some_and(|m| state.steps >= m) {
                 interrupted = true;
@@ -338,47 +465,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 break 'epochs;
             }
             let idx = &chunks[state.batch_in_epoch];
-            let feats: Vec<Tensor> = match cache.as_mut() {
-                Some(store) if store.has_all(idx) => store.get(idx, device),
-                _ => {
-                    let batch = loader
-                        .as_mut()
-                        .context("no data loader for a batch to decode")?
-                        .next()
-                        .context("data loader ended early")??;
-                    if batch.indices != *idx {
-                        bail!(
-                            "data loader returned images {:?}, expected {idx:?}",
-                            batch.indices
-                        );
-                    }
-                    let x = images_tensor(&batch.images, batch.indices.len(), &pp, device);
-                    let t0 = Instant::now();
-                    let fresh = model.teacher_features(&x);
-                    match cache.as_mut() {
-                        Some(store) => {
-                            let kept = store.put(idx, fresh);
-                            store.teacher_seconds += t0.elapsed().as_secs_f64();
-                            kept
-                        }
-                        None => fresh,
-                    }
-                }
-            };
-            tch::manual_seed(step_seed(cfg.seed, state.steps));
-            let recon = model.reconstruct(&feats, true);
-            let loss = OmniAd::loss(&feats, &recon);
-            opt.zero_grad();
-            loss.backward();
-            let grad_norm = opt.step(lr);
-            let loss_v = loss.double_value(&[]);
-            if !loss_v.is_finite() {
-                bail!(
-                    "training diverged: loss is {loss_v} at epoch {}, step {} (try a lower --lr)",
-                    epoch + 1,
-                    state.steps
-                );
-            }
+            let feats = source.features(&model, idx)?;
+            let (loss_v, grad_norm) = optimisation_step(
+                &model,
+                &mut opt,
+                &feats,
+                lr,
+                step_seed(cfg.seed, state.steps),
+                (epoch, state.steps),
+            )?;
             state.steps += 1;
             state.batch_in_epoch += 1;
             state.epoch_loss_sum += loss_v;
@@ -403,7 +498,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         state.epoch_loss_sum = 0.0;
         let done = state.epoch;
         if (cfg.save_every > 0 && done.is_multiple_of(cfg.save_every)) || done == cfg.epochs {
-            runs::save_all(&paths, &model, &opt, &state, provenance(done))?;
+            runs::save_all(&paths, &model, &opt, &state, &fingerprint, provenance(done))?;
         }
         if cfg.eval_every > 0 && done.is_multiple_of(cfg.eval_every) && done < cfg.epochs {
             match crate::eval::evaluate_model(&model, &ds, &crate::eval::EvalOptions::default()) {
@@ -417,7 +512,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         }
     }
     if interrupted {
-        runs::save_all(&paths, &model, &opt, &state, provenance(state.epoch))?;
+        runs::save_all(
+            &paths,
+            &model,
+            &opt,
+            &state,
+            &fingerprint,
+            provenance(state.epoch),
+        )?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     Ok(TrainOutcome {
@@ -428,26 +530,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         steps: state.steps,
         interrupted,
         images_per_sec: images_done as f64 / elapsed.max(1e-9),
-        cache_seconds: cache.map_or(0.0, |c| c.teacher_seconds),
+        cache_seconds: source.cache_seconds(),
     })
-}
-
-/// Checks that a run folder holds a loadable checkpoint and returns its description path.
-///
-/// # Errors
-/// The folder or its checkpoint is missing.
-pub fn checkpoint_of(run: &Path) -> Result<PathBuf> {
-    if !run.is_dir() {
-        bail!("{}: run folder not found", run.display());
-    }
-    let p = RunPaths::new(run).model_json;
-    if !p.is_file() {
-        bail!(
-            "{}: no checkpoint in this run folder (expected {})",
-            run.display(),
-            p.display()
-        );
-    }
-    checkpoint::read_meta(&p)?;
-    Ok(p)
 }

@@ -4,6 +4,7 @@ mod predict_common;
 
 use std::path::{Path, PathBuf};
 
+use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::predict::{collect_inputs, output_stems, predict_run, PredictOptions};
 use predict_common::*;
 
@@ -160,7 +161,7 @@ fn bad_inputs_are_clear_errors() {
     let res = predict_run(
         &run,
         &[good.clone(), corrupt.clone(), later],
-        "cpu",
+        ComputeDevice::Cpu,
         &opts,
         |r| {
             seen.push(r.path.clone());
@@ -199,7 +200,7 @@ fn bad_inputs_are_clear_errors() {
     let res = predict_run(
         &run,
         std::slice::from_ref(&good),
-        "cpu",
+        ComputeDevice::Cpu,
         &PredictOptions {
             out: Some(blocker.join("out")),
             ..Default::default()
@@ -256,19 +257,13 @@ fn bad_inputs_are_clear_errors() {
         let err = err_text(predict(&run, std::slice::from_ref(&good), &opts));
         assert!(err.contains(want), "{err}");
     }
-    let err = err_text(predict_run(
-        &run,
-        std::slice::from_ref(&good),
-        "tpu",
-        &PredictOptions::default(),
-        |_| Ok(()),
-    ));
+    let err = "tpu".parse::<ComputeDevice>().unwrap_err().to_string();
     assert!(err.contains("tpu"), "{err}");
     // An error of the caller's sink stops the run and is returned.
     let err = err_text(predict_run(
         &run,
         &[good.clone(), good],
-        "cpu",
+        ComputeDevice::Cpu,
         &PredictOptions::default(),
         |_| anyhow::bail!("stdout closed"),
     ));

@@ -5,9 +5,9 @@ mod predict_common;
 use std::path::PathBuf;
 
 use omniad_data::load_rgb;
+use omniad_metrics::normalise_score;
 use omniad_model::checkpoint::Thresholds;
 use omniad_model::OmniAd;
-use omniad_pipeline::eval::normalise_score;
 use omniad_pipeline::predict::PredictOptions;
 use predict_common::*;
 use tch::{Device, Kind, Tensor};
@@ -57,7 +57,7 @@ fn records_overlays_and_masks_match_the_model() {
     let bounds = (0.0, 4.0 * hi);
     let thresholds = Thresholds {
         global: Some(t_set),
-        normalisation: Some(bounds),
+        score_bounds: Some(bounds),
         ..Default::default()
     };
     set_thresholds(&model, &run, Some(thresholds));
@@ -194,21 +194,7 @@ fn records_overlays_and_masks_match_the_model() {
 }
 
 fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("OMNIAD_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/fixtures"
-            ))
-        });
-    let p = dir.join("preprocess");
-    assert!(
-        p.join("expected.safetensors").is_file(),
-        "fixture {} missing: set OMNIAD_FIXTURES to the shared fixtures folder",
-        p.display()
-    );
-    p
+    omniad_testkit::fixture_dir("preprocess", "expected.safetensors")
 }
 
 /// Inference applies the reference (Pillow) preprocessing at any image size: scores equal the
@@ -222,8 +208,10 @@ fn scores_use_the_reference_preprocessing() {
     let tmp = tempfile::tempdir().unwrap();
     let model: OmniAd = make_run(tmp.path(), (256, 256), None);
     let (mean_in, std_in) = (
-        Tensor::from_slice(&omniad_data::IMAGENET_MEAN).reshape([3, 1, 1]),
-        Tensor::from_slice(&omniad_data::IMAGENET_STD).reshape([3, 1, 1]),
+        Tensor::from_slice(&omniad_model::TeacherArch::Resnet34.input_mean_std().0)
+            .reshape([3, 1, 1]),
+        Tensor::from_slice(&omniad_model::TeacherArch::Resnet34.input_mean_std().1)
+            .reshape([3, 1, 1]),
     );
     let xs: Vec<Tensor> = names
         .iter()

@@ -103,7 +103,7 @@ fn stored_global_and_per_class_thresholds() {
                 ("wood".to_string(), 2.0 * hi),
             ]),
             method: "test".into(),
-            normalisation: Some((lo, hi)),
+            score_bounds: Some((lo, hi)),
         }),
     );
     let r = predict(&run, &inputs, &PredictOptions::default()).unwrap();

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use omniad_data::DatasetKind;
 use omniad_model::checkpoint;
-use omniad_pipeline::config::{FeatureCache, TrainConfig};
+use omniad_pipeline::config::{DataConfig, FeatureCache, TrainConfig};
 use omniad_pipeline::{train, TrainOptions};
 use omniad_synth::SynthConfig;
 use tch::{Device, Tensor};
@@ -27,19 +27,23 @@ fn tiny_data(dir: &Path) {
 }
 
 fn tiny_cfg(data: &Path, out: &Path, cache: FeatureCache) -> TrainConfig {
-    TrainConfig {
-        dataset: DatasetKind::Mvtec,
-        data_root: data.to_path_buf(),
-        depths: [1, 1, 1, 1],
-        image_size: 64,
+    let mut cfg = TrainConfig {
         epochs: 3,
         batch_size: 4,
         seed: 7,
         out: out.to_path_buf(),
         feature_cache: cache,
         save_every: 1,
+        data: DataConfig {
+            dataset: DatasetKind::Mvtec,
+            data_root: data.to_path_buf(),
+            ..DataConfig::default()
+        },
         ..TrainConfig::default()
-    }
+    };
+    cfg.model.depths = [1, 1, 1, 1];
+    cfg.model.image_size = (64, 64);
+    cfg
 }
 
 fn weights(run: &Path) -> BTreeMap<String, Tensor> {

@@ -49,7 +49,6 @@ use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Name of the manifest written at the root of the output folder.
@@ -423,18 +422,10 @@ pub fn read_manifest(out: &Path) -> Result<Manifest, SynthError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".synth-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
-    tmp.persist(path).map_err(|e| SynthError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    omniad_io::write_atomic(path, bytes).map_err(|e| SynthError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn png_bytes(

@@ -5,6 +5,15 @@ use std::path::{Path, PathBuf};
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
+/// torchvision's ImageNet `(mean, std)`, which the reference preprocessing fixture used (see
+/// its `meta.json`).
+pub const IMAGENET: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+
+/// ImageNet preprocessing to `size`.
+pub fn imagenet(size: (u32, u32)) -> omniad_data::Preprocess {
+    omniad_data::Preprocess::new(size, IMAGENET)
+}
+
 /// Creates the parent folders of `path`.
 pub fn mkdirs(path: &Path) {
     if let Some(p) = path.parent() {

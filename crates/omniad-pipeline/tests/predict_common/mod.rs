@@ -8,12 +8,12 @@ use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, Rgb
 use omniad_data::{load_rgb, preprocess_rgb};
 use omniad_model::checkpoint::{self, Thresholds};
 use omniad_model::{OmniAd, OmniAdConfig, TeacherArch};
+use omniad_pipeline::input::preprocess_for;
 use omniad_pipeline::predict::PredictRecord;
-use omniad_pipeline::train::preprocess_for;
 use tch::{Device, Kind, Tensor};
 
 /// A small model (non-square input, so that H/W mix-ups show) that builds in well under a second.
-pub fn tiny_config(image_size: (i64, i64)) -> OmniAdConfig {
+pub fn tiny_config(image_size: (u32, u32)) -> OmniAdConfig {
     OmniAdConfig {
         teacher: TeacherArch::EfficientNetLite0,
         depths: [1, 1, 1, 1],
@@ -26,7 +26,7 @@ pub fn tiny_config(image_size: (i64, i64)) -> OmniAdConfig {
 }
 
 /// Builds the tiny model (seeded), loads the shipped teacher and saves it as the run `dir`.
-pub fn make_run(dir: &Path, image_size: (i64, i64), thresholds: Option<Thresholds>) -> OmniAd {
+pub fn make_run(dir: &Path, image_size: (u32, u32), thresholds: Option<Thresholds>) -> OmniAd {
     tch::manual_seed(7);
     let mut model = OmniAd::new(&tiny_config(image_size), Device::Cpu).expect("valid tiny config");
     omniad_pipeline::teacher::load_teacher(&mut model, None).expect("shipped teacher weights");
@@ -117,10 +117,16 @@ pub fn predict(
     opts: &omniad_pipeline::predict::PredictOptions,
 ) -> anyhow::Result<Vec<PredictRecord>> {
     let mut seen = Vec::new();
-    let records = omniad_pipeline::predict::predict_run(run, inputs, "cpu", opts, |r| {
-        seen.push(r.clone());
-        Ok(())
-    })?;
+    let records = omniad_pipeline::predict::predict_run(
+        run,
+        inputs,
+        omniad_pipeline::device::ComputeDevice::Cpu,
+        opts,
+        |r| {
+            seen.push(r.clone());
+            Ok(())
+        },
+    )?;
     assert_eq!(seen, records, "on_record must see every record, in order");
     Ok(records)
 }
