@@ -79,12 +79,15 @@ fn check_fixture(dir: &Path, tag: &str) -> String {
     if let Some(t) = over.get("grad_tolerance") {
         meta["grad_tolerance"] = t.clone();
     }
-    let superseded = over["gradients_unchecked"].as_bool().unwrap_or(false).then(|| {
-        over["reason"]
-            .as_str()
-            .expect("an unchecked fixture names its reason")
-            .to_string()
-    });
+    let superseded = over["gradients_unchecked"]
+        .as_bool()
+        .unwrap_or(false)
+        .then(|| {
+            over["reason"]
+                .as_str()
+                .expect("an unchecked fixture names its reason")
+                .to_string()
+        });
     let depths: Vec<usize> = meta["depths_decoder"]
         .as_array()
         .expect("depths_decoder")

@@ -295,6 +295,9 @@ fn optimisation_step(
     Ok((loss_v, grad_norm))
 }
 
+/// The model, position and (for a resumed run) optimiser state tensors a training starts from.
+type Started = (OmniAd, TrainState, Option<Vec<(String, Tensor)>>);
+
 /// A new model with the teacher's weights and the initial position, or the resumed run's model,
 /// optimiser state and position, checked against the configuration and the training images
 /// (`data`, `batches_per_epoch`).
@@ -305,7 +308,7 @@ fn start_or_resume(
     device: tch::Device,
     data: &DataFingerprint,
     batches_per_epoch: usize,
-) -> Result<(OmniAd, TrainState, Option<Vec<(String, Tensor)>>)> {
+) -> Result<Started> {
     if resume {
         let (model, opt_state, state, saved_data) = runs::load_resume(paths, device)?;
         let st = paths.state_json.display();

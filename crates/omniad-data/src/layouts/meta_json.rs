@@ -112,7 +112,7 @@ pub(crate) fn read_meta_json(
                 } else {
                     Label::Normal
                 };
-                parts[k].push(Sample::labelled(&class, split, image, label, defect, masks));
+                parts[k].push(Sample::labelled(class, split, image, label, defect, masks));
             }
         }
         let [tr, te] = parts;

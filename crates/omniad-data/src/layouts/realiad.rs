@@ -228,7 +228,7 @@ pub(crate) fn read_realiad(
                 } else {
                     Label::Anomaly
                 };
-                let s = Sample::labelled(&class, split, image, label, &e.anomaly_class, masks)
+                let s = Sample::labelled(class, split, image, label, &e.anomaly_class, masks)
                     .with_sample_id(sample_id);
                 match split {
                     Split::Train => tr.push(s),

@@ -146,7 +146,7 @@ pub(crate) fn read_visa(
                 }
                 tracing::warn!(image = %image.display(), "anomalous test image without a mask accepted (allow_missing_masks)");
             }
-            let s = Sample::labelled(&class, r.split, image, r.label, "anomaly", masks);
+            let s = Sample::labelled(class, r.split, image, r.label, "anomaly", masks);
             match r.split {
                 Split::Train => tr.push(s),
                 Split::Test => te.push(s),
