@@ -113,16 +113,20 @@ fn resumed_run_ends_with_the_same_weights() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
         .collect();
     assert_eq!(steps, (1..=9).collect::<Vec<u64>>());
-    // Resuming a finished run is refused? No: it has nothing left to do and ends at once.
-    let again = train(
+    // Resuming a finished run is refused with a clear error (no silent no-op); a larger
+    // `epochs` would extend it.
+    let err = train(
         &cfg,
         &TrainOptions {
             resume: true,
             ..Default::default()
         },
     )
-    .unwrap();
-    assert_eq!(again.steps, 9);
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("finished all 3 epochs"),
+        "{err:#}"
+    );
     // A new run into a folder with a checkpoint is refused.
     let err = train(&cfg, &TrainOptions::default()).unwrap_err();
     assert!(
