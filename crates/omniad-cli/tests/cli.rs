@@ -721,7 +721,7 @@ fn unreadable_training_image_leaves_no_partial_checkpoint() {
 #[test]
 fn bench_parts_profiles_every_component() {
     let out = run(&[
-        "bench", "parts", "--depths", "1,0,1,1", "--batch", "1", "--iters", "1", "--json",
+        "bench", "parts", "--depths", "1,1,1,1", "--batch", "1", "--iters", "1", "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");

@@ -68,6 +68,14 @@ pub struct TrainState {
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
+    path: PathBuf,
+}
+
+impl Drop for RunLock {
+    /// Removes `.lock` when training ends normally (a killed process leaves it, unlocked).
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Locks the run folder `dir` (which must exist).
@@ -102,7 +110,7 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         .and_then(|_| file.write_all(std::process::id().to_string().as_bytes()))
         .and_then(|_| file.flush())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(RunLock { _file: file })
+    Ok(RunLock { _file: file, path })
 }
 
 /// Creates the run folder, locks it ([`RunLock`], for as long as the returned guard lives) and
