@@ -148,9 +148,14 @@ struct TrainArgs {
     num_tokens: Option<i64>,
     #[arg(long, allow_negative_numbers = true)]
     jitter_scale: Option<f64>,
-    /// Teacher-feature cache: memory, memory_f16, none.
+    /// Teacher-feature cache: auto (default: memory if it fits --memory-budget, else a disk
+    /// file in the run folder, else none), memory, memory_f16, disk, none.
     #[arg(long, value_parser = parse_cache)]
     feature_cache: Option<FeatureCache>,
+    /// Memory the automatic feature cache may use, e.g. 8G, 512M (default: half of the memory
+    /// available at start). May be given with --resume.
+    #[arg(long, value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
     /// Evaluate every K epochs (0 = off).
     #[arg(long)]
     eval_every: Option<usize>,
@@ -252,7 +257,35 @@ fn parse_attention(s: &str) -> Result<GlobalAttention, String> {
 }
 fn parse_cache(s: &str) -> Result<FeatureCache, String> {
     serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("{s:?}: use memory, memory_f16 or none"))
+        .map_err(|_| format!("{s:?}: use auto, memory, memory_f16, disk or none"))
+}
+/// A byte count: a number with an optional binary unit K, M, G, T (`8G` = 8 GiB; `B` suffix
+/// optional, case-insensitive).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t
+        .strip_suffix("IB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(&t);
+    let (num, shift) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 8G, 512M or 1000000"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("{s:?}: a size must be a finite number >= 0"));
+    }
+    let bytes = v * (1u64 << shift) as f64;
+    if bytes > u64::MAX as f64 {
+        return Err(format!("{s:?}: too large"));
+    }
+    Ok(bytes as u64)
 }
 
 fn depths4(v: &[usize]) -> Result<[usize; 4]> {
@@ -330,6 +363,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     omniad_pipeline::alloc::tune_allocator();
+    omniad_pipeline::device::install_panic_hook();
     if let Some(t) = cli.threads {
         tch::set_num_threads(t);
     }
@@ -424,15 +458,15 @@ fn synth(a: SynthArgs) -> Result<()> {
 
 impl TrainArgs {
     /// The one mapping of the parsed flags onto the configuration: each flag given replaces its
-    /// configuration value. A resumed run keeps its saved configuration; only the device (where
-    /// it runs now) may change.
+    /// configuration value. A resumed run keeps its saved configuration; only the device and the
+    /// memory budget (where it runs now) may change, and the epochs grow.
     fn apply(self, cfg: &mut TrainConfig) -> Result<()> {
         macro_rules! set {
             ($($flag:expr => $field:expr),* $(,)?) => {
                 $(if let Some(v) = $flag { $field = v; })*
             };
         }
-        set!(self.device => cfg.device);
+        set!(self.device => cfg.device, self.memory_budget.map(Some) => cfg.memory_budget);
         if self.resume {
             // A resumed run keeps its configuration; only --epochs may grow (to extend it).
             let changed: Vec<&str> = [
@@ -461,7 +495,7 @@ impl TrainArgs {
             .collect();
             if !changed.is_empty() {
                 bail!(
-                    "--resume continues the run with its saved config.toml; these flags would change it: {} (only --epochs, to extend the run, and --device may be given)",
+                    "--resume continues the run with its saved config.toml; these flags would change it: {} (only --epochs, to extend the run, --device and --memory-budget may be given)",
                     changed.join(", ")
                 );
             }
@@ -717,4 +751,21 @@ pub(crate) fn info_line(model: &OmniAd) -> String {
         t as f64 / 1e6,
         f as f64 / 1e6
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_with_binary_units() {
+        assert_eq!(parse_bytes("8G"), Ok(8 << 30));
+        assert_eq!(parse_bytes("512m"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("2kb"), Ok(2048));
+        for bad in ["", "G", "-1G", "eight", "nanG", "1e30T"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

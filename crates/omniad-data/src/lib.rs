@@ -24,17 +24,17 @@ mod error;
 mod fsutil;
 mod layouts;
 mod loader;
+mod open;
 mod preprocess;
 mod resize;
 
-pub use dataset::{
-    open_dataset, Dataset, DatasetKind, Label, LayoutSource, OpenOptions, Sample, Split,
-};
+pub use dataset::{Dataset, DatasetKind, Label, LayoutSource, OpenOptions, Sample, Split};
 pub use decode::{
     has_image_extension, image_size, load_rgb, load_rgb_with_limits, DecodeLimits, IMAGE_EXTENSIONS,
 };
 pub use error::DataError;
 pub use loader::{shuffled_indices, Batch, Loader, LoaderOptions};
+pub use open::open_dataset;
 pub use preprocess::{
     load_image, load_image_sized, load_mask, load_mask_with_limits, preprocess_rgb, Preprocess,
 };

@@ -55,6 +55,14 @@ pub enum CheckpointError {
         /// Checksum of the file on disk.
         found: String,
     },
+    /// Tensors that cannot be stored as safetensors (an unsupported dtype, a failed copy).
+    #[error("{path}: cannot serialise weights: {msg}")]
+    Unstorable {
+        /// File the weights were meant for.
+        path: PathBuf,
+        /// What failed.
+        msg: String,
+    },
     /// The weights file cannot be parsed as safetensors.
     #[error("{path}: unreadable weights: {msg}")]
     BadWeights {
@@ -146,40 +154,55 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serialises named tensors (converted to contiguous CPU f32/i64 as they are) to safetensors bytes.
+/// Serialises named tensors (moved to the CPU and made contiguous, dtypes kept) to safetensors
+/// bytes, in memory: nothing touches the disk, so a full disk is reported by the write of the
+/// bytes, never as a serialisation failure.
 ///
 /// # Errors
-/// [`CheckpointError::BadWeights`] if serialisation fails (names `path` for context).
+/// [`CheckpointError::Unstorable`] (naming `path`, the file the bytes are meant for) for a dtype
+/// safetensors cannot store or a tensor libtorch cannot copy out.
 pub fn safetensors_bytes(
     tensors: &[(String, Tensor)],
     path: &Path,
 ) -> Result<Vec<u8>, CheckpointError> {
-    let tmp = tempfile_in(path)?;
-    let owned: Vec<(String, Tensor)> = tensors
+    use safetensors::tensor::{Dtype, TensorView};
+    let bad = |msg: String| CheckpointError::Unstorable {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut raw: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let kind = t.kind();
+        let dtype = match kind {
+            Kind::Bool => Dtype::BOOL,
+            Kind::Uint8 => Dtype::U8,
+            Kind::Int8 => Dtype::I8,
+            Kind::Int16 => Dtype::I16,
+            Kind::Int => Dtype::I32,
+            Kind::Int64 => Dtype::I64,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Half => Dtype::F16,
+            Kind::Float => Dtype::F32,
+            Kind::Double => Dtype::F64,
+            k => return Err(bad(format!("{name}: cannot store {k:?} tensors"))),
+        };
+        let cpu = t.to_device(Device::Cpu).contiguous();
+        let numel = cpu.numel();
+        let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
+        cpu.f_copy_data_u8(&mut bytes, numel)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        let shape = cpu.size().iter().map(|&d| d as usize).collect();
+        raw.push((name.as_str(), dtype, shape, bytes));
+    }
+    let views = raw
         .iter()
-        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous()))
-        .collect();
-    let res = Tensor::write_safetensors(&owned, &tmp)
-        .map_err(|e| CheckpointError::BadWeights {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (*name, v))
+                .map_err(|e| bad(format!("{name}: {e}")))
         })
-        .and_then(|_| fs::read(&tmp).map_err(io_err(path)));
-    let _ = fs::remove_file(&tmp);
-    res
-}
-
-fn tempfile_in(path: &Path) -> Result<PathBuf, CheckpointError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(dir.join(format!(".{name}.ser-{}", std::process::id())))
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, &None).map_err(|e| bad(e.to_string()))
 }
 
 /// Saves `model` as `<dir>/<stem>.safetensors` + `<dir>/<stem>.json` and returns the JSON path.

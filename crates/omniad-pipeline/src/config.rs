@@ -9,16 +9,23 @@ use serde::{Deserialize, Serialize};
 use crate::device::ComputeDevice;
 use crate::optim::AdamWConfig;
 
-/// Where teacher features of training images are kept between epochs.
+/// Where teacher features of training images are kept between epochs (see
+/// [`crate::feature_cache`]).
 ///
 /// The teacher is frozen and training uses no augmentation, so its features are a pure
 /// function of the image: computed once and reused every epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureCache {
-    /// In memory as f32 (bit-identical to recomputing them).
+    /// Memory (f32) when the cache fits the memory budget, else a memory-mapped file in the run
+    /// folder, else none: decided before training from the estimated size; all three train
+    /// bit-identically.
     #[default]
+    Auto,
+    /// In memory as f32 (bit-identical to recomputing them).
     Memory,
+    /// A memory-mapped f32 file in the run folder (bit-identical; for caches larger than memory).
+    Disk,
     /// In memory as f16 (half the memory; loss parity within 1e-3).
     MemoryF16,
     /// No cache: images are decoded and the teacher runs at every step (the reference trainer).
@@ -73,6 +80,9 @@ pub struct TrainConfig {
     pub device: ComputeDevice,
     /// Teacher-feature cache.
     pub feature_cache: FeatureCache,
+    /// Bytes of memory [`FeatureCache::Auto`] may give the cache (`None` = half of the memory
+    /// available when training starts).
+    pub memory_budget: Option<u64>,
     /// Evaluate on the test split every this many epochs (0 = only when asked).
     pub eval_every: usize,
     /// Save a checkpoint every this many epochs (0 = only at the end and on Ctrl-C).
@@ -96,7 +106,8 @@ impl Default for TrainConfig {
             seed: 42,
             out: PathBuf::from("runs/omniad"),
             device: ComputeDevice::Cpu,
-            feature_cache: FeatureCache::Memory,
+            feature_cache: FeatureCache::Auto,
+            memory_budget: None,
             eval_every: 0,
             save_every: 10,
             teacher_weights: None,
@@ -172,6 +183,7 @@ impl From<FlatTrainConfig> for TrainConfig {
             out: f.out,
             device: f.device,
             feature_cache: f.feature_cache,
+            memory_budget: None,
             eval_every: f.eval_every,
             save_every: f.save_every,
             teacher_weights: f.teacher_weights,

@@ -119,3 +119,91 @@ mod tests {
         assert_eq!(ComputeDevice::Cpu.open(), Ok(Device::Cpu));
     }
 }
+
+thread_local! {
+    /// Depth of [`libtorch`] calls on this thread: while positive, the panic hook installed by
+    /// [`install_panic_hook`] stays silent (the panic becomes an error).
+    static GUARDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f`, a computation whose tensor sizes the user's input decides (a forward or backward
+/// pass), turning a libtorch failure into an error instead of a panic. tch's infallible tensor
+/// methods panic on a libtorch error (out of memory, a shape libtorch refuses); the panic is
+/// caught here and its message reduced to libtorch's first line, e.g. "`what`: libtorch failed:
+/// DefaultCPUAllocator: not enough memory: you tried to allocate 1073741824 bytes".
+///
+/// # Errors
+/// The failure, prefixed with `what`.
+pub fn libtorch<T>(what: &str, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    GUARDED.with(|g| g.set(g.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(g.get() - 1));
+    r.map_err(|payload| {
+        let raw = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown failure");
+        anyhow::anyhow!("{what}: libtorch failed: {}", libtorch_message(raw))
+    })
+}
+
+/// The useful line of a tch panic message: the libtorch text inside `Torch("...")`, without the
+/// C++ backtrace and the "[enforce fail at ...]" prefix.
+fn libtorch_message(raw: &str) -> String {
+    let inner = raw
+        .split_once("Torch(\"")
+        .map_or(raw, |(_, rest)| rest.trim_end_matches("\")"));
+    let first = inner
+        .split("\\n")
+        .flat_map(|l| l.lines())
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(inner);
+    match first.split_once("] ") {
+        Some((head, rest)) if head.starts_with("[enforce fail") => rest.to_string(),
+        _ => first.to_string(),
+    }
+}
+
+/// Installs a panic hook that prints nothing for panics inside [`libtorch`] (they become
+/// errors) and defers to the previous hook otherwise. Call once, at program start.
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if GUARDED.with(|g| g.get()) == 0 {
+            previous(info);
+        }
+    }));
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_failures_become_errors() {
+        install_panic_hook();
+        // A shape libtorch refuses: matmul of [2, 3] and [4, 5].
+        let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, Device::Cpu));
+        let b = tch::Tensor::zeros([4, 5], (tch::Kind::Float, Device::Cpu));
+        let err = libtorch("test step", || a.matmul(&b))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test step: libtorch failed: "), "{err}");
+        assert!(err.contains("cannot be multiplied"), "{err}");
+        assert!(!err.contains("Torch(\""), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let ok = libtorch("sum", || a.sum(tch::Kind::Float).double_value(&[])).expect("ok");
+        assert_eq!(ok, 0.0);
+    }
+
+    #[test]
+    fn message_of_an_allocation_failure() {
+        let raw = "called `Result::unwrap()` on an `Err` value: Torch(\"[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 1073741824 bytes.\\nException raised from ...\")";
+        assert_eq!(
+            libtorch_message(raw),
+            "data. DefaultCPUAllocator: not enough memory: you tried to allocate 1073741824 bytes."
+        );
+    }
+}

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::calibrate::{calibrate, merge_thresholds};
 use crate::config::TrainConfig;
-use crate::device::ComputeDevice;
+use crate::device::{libtorch, ComputeDevice};
 use crate::input::{images_tensor, preprocess_for};
 use crate::runs::RunPaths;
 
@@ -110,8 +110,9 @@ pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Resul
     for batch in loader {
         let batch = batch?;
         let b = batch.indices.len();
-        let x = images_tensor(&batch.images, b, &pp, model.device());
-        let pred = model.predict(&x);
+        let pred = libtorch("forward pass of a test batch", || {
+            model.predict(&images_tensor(&batch.images, b, &pp, model.device()))
+        })?;
         let maps: Vec<f32> = Vec::<f32>::try_from(
             pred.anomaly_map
                 .to_device(Device::Cpu)

@@ -1,6 +1,8 @@
 //! Training, evaluation and prediction pipelines of omniad: what the `omniad` binary runs.
 //!
-//! - [`train`]: `omniad train` (feature cache, AdamW, step schedule, resume, Ctrl-C).
+//! - [`train`]: `omniad train` (AdamW, step schedule, resume, Ctrl-C); [`feature_cache`]: the
+//!   teacher-feature cache and its memory budget; [`runs`]: run folders, atomic checkpoints, the
+//!   run lock and crash recovery.
 //! - [`eval`]: `omniad eval` (metrics per class, thresholds, saved maps).
 //! - [`predict`]: `omniad predict` (scores, decisions, heatmap overlays, masks).
 //! - [`demo`]: `omniad demo` (synthetic data, training, evaluation in one go).
@@ -11,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod device;
 pub mod eval;
+pub mod feature_cache;
 pub mod input;
 pub mod optim;
 pub mod overlay;

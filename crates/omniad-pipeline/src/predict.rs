@@ -39,7 +39,7 @@ use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use crate::device::ComputeDevice;
+use crate::device::{libtorch, ComputeDevice};
 use crate::input::{images_tensor, preprocess_for};
 use crate::overlay;
 use crate::runs::checkpoint_of;
@@ -251,6 +251,9 @@ fn decision_threshold(
     ckpt: &Path,
 ) -> Result<Option<f64>> {
     if let Some(t) = opts.threshold {
+        if !(t.is_finite() && t >= 0.0) {
+            bail!("threshold {t}: a decision threshold on the image score must be a finite number >= 0");
+        }
         if let Some(c) = &opts.per_class {
             tracing::info!("--threshold {t} overrides the calibrated threshold of class {c}");
         }
@@ -367,8 +370,9 @@ pub fn predict_run(
             flat.extend_from_slice(&x);
             images.push(img);
         }
-        let x = images_tensor(&flat, chunk.len(), &pp, model.device());
-        let pred = model.predict(&x);
+        let pred = libtorch("forward pass", || {
+            model.predict(&images_tensor(&flat, chunk.len(), &pp, model.device()))
+        })?;
         let scores = Vec::<f32>::try_from(
             pred.image_scores
                 .to_device(Device::Cpu)

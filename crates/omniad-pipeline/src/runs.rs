@@ -113,8 +113,8 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     Ok(RunLock { _file: file, path })
 }
 
-/// Creates the run folder, locks it ([`RunLock`], for as long as the returned guard lives) and
-/// checks it is writable. A new run refuses a folder that already holds a checkpoint (so
+/// Creates the run folder, locks it ([`RunLock`], for as long as the returned guard lives),
+/// cleans up after an interrupted process ([`recover_run_dir`]) and checks it is writable. A new run refuses a folder that already holds a checkpoint (so
 /// nothing is overwritten by mistake); a resumed run requires one.
 ///
 /// # Errors
@@ -129,6 +129,7 @@ pub fn prepare_run_dir(paths: &RunPaths, resume: bool) -> Result<RunLock> {
     fs::create_dir_all(&paths.dir)
         .with_context(|| format!("cannot create run folder {}", paths.dir.display()))?;
     let lock = lock_run_dir(&paths.dir)?;
+    recover_run_dir(paths)?;
     if resume {
         if !paths.state_json.is_file() || !paths.model_json.is_file() {
             bail!(
@@ -159,11 +160,33 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Saves the model checkpoint, the optimiser state and the resume position, each atomically.
-/// Thresholds already calibrated in an existing `model.json` are kept.
+/// The staging folder inside a run folder where a checkpoint is assembled before it is committed.
+pub const STAGING_DIR: &str = ".checkpoint-next";
+/// The marker whose presence in [`STAGING_DIR`] makes a save committed.
+const COMMITTED: &str = "COMMITTED";
+/// The files of one checkpoint, in the order they are moved into the run folder when a save is
+/// committed (the description `model.json`, which eval and predict read first, comes last).
+const CHECKPOINT_FILES: [&str; 4] = [
+    "model.safetensors",
+    "train_state.safetensors",
+    "train_state.json",
+    "model.json",
+];
+
+/// Saves the checkpoint (`model.safetensors` + `model.json`), the optimiser state and the resume
+/// position as one atomic commit. Thresholds already calibrated in an existing `model.json` are
+/// kept.
+///
+/// The four files are written (each fsynced) into the staging folder [`STAGING_DIR`]; then the
+/// marker `COMMITTED` is written atomically, the commit point; then the files are renamed into the
+/// run folder and the staging folder removed. A crash before the marker leaves the previous
+/// checkpoint untouched (the staging folder is discarded at the next start); a crash after it is
+/// completed by [`recover_run_dir`] at the next start. Either way the run folder holds the files of
+/// one save, never a mix.
 ///
 /// # Errors
-/// I/O errors naming the file.
+/// Write failures naming the file and the operating system's reason (e.g. "No space left on
+/// device"); the staging folder is removed and the previous checkpoint stays as it was.
 pub fn save_all(
     paths: &RunPaths,
     model: &OmniAd,
@@ -172,19 +195,161 @@ pub fn save_all(
     data: &DataFingerprint,
     provenance: serde_json::Value,
 ) -> Result<()> {
+    let staging = paths.dir.join(STAGING_DIR);
+    let res = stage_checkpoint(paths, &staging, model, opt, state, data, provenance);
+    if let Err(e) = res {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e.context(format!(
+            "saving the checkpoint of step {} failed; {} still holds the previous checkpoint",
+            state.steps,
+            paths.dir.display()
+        )));
+    }
+    fault_point("save:committed");
+    complete_commit(paths, &staging)
+}
+
+/// Writes every file of one save and the commit marker into `staging`.
+fn stage_checkpoint(
+    paths: &RunPaths,
+    staging: &Path,
+    model: &OmniAd,
+    opt: &AdamW,
+    state: &TrainState,
+    data: &DataFingerprint,
+    provenance: serde_json::Value,
+) -> Result<()> {
+    if staging.exists() {
+        fs::remove_dir_all(staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    fs::create_dir(staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    fault_point("save:start");
     let thresholds = checkpoint::read_meta(&paths.model_json)
         .ok()
         .and_then(|m| m.thresholds);
-    checkpoint::save(model, &paths.dir, "model", thresholds, provenance)?;
-    let bytes = checkpoint::safetensors_bytes(&opt.state_tensors(), &paths.opt_state)?;
-    write_atomic(&paths.opt_state, &bytes)?;
-    let sha = checkpoint::sha256_file(&paths.opt_state)?;
+    checkpoint::save(model, staging, "model", thresholds, provenance)?;
+    fault_point("save:model");
+    let opt_path = staging.join(file_name(&paths.opt_state));
+    let bytes = checkpoint::safetensors_bytes(&opt.state_tensors(), &opt_path)?;
+    write_atomic(&opt_path, &bytes)?;
+    fault_point("save:optimiser");
+    let sha = checkpoint::sha256_file(&opt_path)?;
     let json = serde_json::json!({"state": state, "opt_state_sha256": sha, "data": data});
     write_atomic(
-        &paths.state_json,
+        &staging.join(file_name(&paths.state_json)),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
+    fault_point("save:state");
+    write_atomic(
+        &staging.join(COMMITTED),
+        format!("{}\n", state.steps).as_bytes(),
+    )?;
     Ok(())
+}
+
+/// Moves the files of a committed save from `staging` into the run folder (those already moved
+/// by an interrupted attempt are skipped) and removes `staging`.
+fn complete_commit(paths: &RunPaths, staging: &Path) -> Result<()> {
+    for name in CHECKPOINT_FILES {
+        let from = staging.join(name);
+        if from.exists() {
+            let to = paths.dir.join(name);
+            fs::rename(&from, &to)
+                .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+            fault_point(&format!("commit:{name}"));
+        }
+    }
+    omniad_io::sync_dir(&paths.dir);
+    fs::remove_dir_all(staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+    omniad_io::sync_dir(&paths.dir);
+    Ok(())
+}
+
+/// What [`recover_run_dir`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Nothing was left by an interrupted process.
+    Clean,
+    /// A save interrupted before its commit point was discarded (the previous checkpoint is the
+    /// current one); the number of leftover temporary files removed besides.
+    DiscardedIncompleteSave { temp_files: usize },
+    /// A save interrupted after its commit point was completed; leftover temporary files removed.
+    CompletedCommittedSave { temp_files: usize },
+    /// Only leftover temporary files (`.NAME.*.tmp`, a disk feature cache) were removed.
+    RemovedTempFiles(usize),
+}
+
+/// Cleans what an interrupted save left in a run folder (call it while holding the
+/// [`RunLock`]): completes a committed save, discards an incomplete one, removes temporary files.
+///
+/// # Errors
+/// A file that cannot be moved or removed (named).
+pub fn recover_run_dir(paths: &RunPaths) -> Result<Recovery> {
+    let staging = paths.dir.join(STAGING_DIR);
+    let staged = if staging.is_dir() {
+        if staging.join(COMMITTED).is_file() {
+            complete_commit(paths, &staging)?;
+            Some(true)
+        } else {
+            fs::remove_dir_all(&staging)
+                .with_context(|| format!("cannot remove {}", staging.display()))?;
+            Some(false)
+        }
+    } else {
+        None
+    };
+    let mut temp_files = 0;
+    let entries =
+        fs::read_dir(&paths.dir).with_context(|| format!("cannot read {}", paths.dir.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("cannot read {}", paths.dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if omniad_io::is_leftover_temp(&name) || name == crate::feature_cache::DISK_CACHE_FILE {
+            fs::remove_file(e.path())
+                .with_context(|| format!("cannot remove {}", e.path().display()))?;
+            temp_files += 1;
+        }
+    }
+    let r = match staged {
+        Some(true) => Recovery::CompletedCommittedSave { temp_files },
+        Some(false) => Recovery::DiscardedIncompleteSave { temp_files },
+        None if temp_files > 0 => Recovery::RemovedTempFiles(temp_files),
+        None => Recovery::Clean,
+    };
+    if r != Recovery::Clean {
+        tracing::warn!(
+            "{}: cleaned up after an interrupted process: {r:?}",
+            paths.dir.display()
+        );
+    }
+    Ok(r)
+}
+
+/// Fault injection for the crash-safety tests: with `OMNIAD_FAULT=POINT` (or `POINT:N`) in the
+/// environment, the process kills itself with SIGKILL, as `kill -9` would, the first (N-th) time it
+/// reaches `POINT` (`save:start`, `save:model`, `save:optimiser`, `save:state`,
+/// `save:committed`, `commit:<file>`). Without the variable this is one cached lookup.
+fn fault_point(point: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let target = TARGET.get_or_init(|| {
+        let v = std::env::var("OMNIAD_FAULT").ok()?;
+        Some(match v.rsplit_once(':') {
+            Some((p, n)) if n.parse::<u64>().is_ok() => (p.to_string(), n.parse().unwrap_or(1)),
+            _ => (v, 1),
+        })
+    });
+    if let Some((p, n)) = target {
+        if p == point && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            // SAFETY: raise() only sends a signal to this process.
+            unsafe {
+                libc::raise(libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// What [`load_resume`] returns: the model, the optimiser state tensors, the position and the
@@ -271,9 +436,10 @@ pub struct JsonlLog {
 }
 
 impl JsonlLog {
-    /// Opens `path` for appending. When `keep_steps` is given (a resumed run), lines of steps
-    /// after it — written after the last checkpoint by the interrupted process — are dropped
-    /// first, so the log reads as one uninterrupted run.
+    /// Opens `path` for appending. When `keep_steps` is given (the step a training starts from:
+    /// the checkpoint's for a resumed run, 0 for a new one), lines of later steps (written after
+    /// the last checkpoint by an interrupted process) are dropped first, so the log reads as one
+    /// uninterrupted run.
     ///
     /// # Errors
     /// I/O errors naming the file.
@@ -313,7 +479,9 @@ impl JsonlLog {
     }
 }
 
-/// Checks that a run folder holds a loadable checkpoint and returns its description path.
+/// Checks that a run folder holds a loadable checkpoint and returns its description path. A save
+/// interrupted by a crash is completed or discarded first ([`recover_run_dir`]) when no training
+/// holds the folder.
 ///
 /// # Errors
 /// The folder or its checkpoint is missing.
@@ -321,7 +489,15 @@ pub fn checkpoint_of(run: &Path) -> Result<PathBuf> {
     if !run.is_dir() {
         bail!("{}: run folder not found", run.display());
     }
-    let p = RunPaths::new(run).model_json;
+    let paths = RunPaths::new(run);
+    if run.join(STAGING_DIR).is_dir() {
+        // A save was interrupted: finish or discard it when no training holds the folder (one
+        // that does is committing right now and finishes it itself).
+        if let Ok(_lock) = lock_run_dir(run) {
+            recover_run_dir(&paths)?;
+        }
+    }
+    let p = paths.model_json;
     if !p.is_file() {
         bail!(
             "{}: no checkpoint in this run folder (expected {})",

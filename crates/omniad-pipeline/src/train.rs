@@ -10,10 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use omniad_data::{open_dataset, Dataset, Loader, LoaderOptions, OpenOptions, Preprocess};
 use omniad_model::OmniAd;
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::config::{DataConfig, FeatureCache, TrainConfig};
-use crate::device::device_name;
+use crate::device::{device_name, libtorch};
+use crate::feature_cache::{plan_cache, CachePlan, FeatureStore};
 use crate::input::{images_tensor, preprocess_for};
 use crate::optim::{step_lr, AdamW};
 use crate::runs::{self, DataFingerprint, RunPaths, TrainState};
@@ -53,6 +54,8 @@ pub struct TrainOutcome {
     /// Seconds spent in the teacher while filling the feature cache (the first epoch, or the
     /// first use of each image after a resume); 0 without a cache.
     pub cache_seconds: f64,
+    /// Where the teacher-feature cache was kept, and why (see [`crate::feature_cache`]).
+    pub feature_cache: String,
 }
 
 /// Seed of the global libtorch RNG for optimiser step `step` (feature jitter), so that a resumed
@@ -88,86 +91,6 @@ pub fn open_train_dataset(data: &DataConfig) -> Result<Dataset> {
     Ok(ds)
 }
 
-/// The teacher-feature cache: features of every training image, `[N, C_i, h_i, w_i]` per scale,
-/// on the CPU, filled the first time each image is used (so the first epoch runs exactly like
-/// training without a cache — same batches, same teacher calls — and later epochs skip the
-/// teacher and the image decoding). Not saved: a resumed run fills it again as it goes.
-struct FeatureStore {
-    /// f32 (bit-identical to recomputing) or f16 ([`FeatureCache::MemoryF16`]).
-    kind: Kind,
-    /// Allocated at the first fill, from that batch's feature shapes.
-    feats: Option<Vec<Tensor>>,
-    filled: Vec<bool>,
-    /// Seconds spent in the teacher while filling.
-    teacher_seconds: f64,
-}
-
-impl FeatureStore {
-    fn new(mode: FeatureCache, n: usize) -> Option<Self> {
-        let kind = match mode {
-            FeatureCache::None => return None,
-            FeatureCache::Memory => Kind::Float,
-            FeatureCache::MemoryF16 => Kind::Half,
-        };
-        Some(Self {
-            kind,
-            feats: None,
-            filled: vec![false; n],
-            teacher_seconds: 0.0,
-        })
-    }
-
-    fn has_all(&self, idx: &[usize]) -> bool {
-        idx.iter().all(|&i| self.filled[i])
-    }
-
-    /// Cached features of images `idx`, as f32 on `device`.
-    fn get(&self, idx: &[usize], device: Device) -> Vec<Tensor> {
-        let index = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
-        self.feats
-            .iter()
-            .flatten()
-            .map(|c| {
-                c.index_select(0, &index)
-                    .to_device(device)
-                    .to_kind(Kind::Float)
-            })
-            .collect()
-    }
-
-    /// Stores fresh teacher features of images `idx` and returns what training should use: the
-    /// stored values (f16-rounded in f16 mode, so that every epoch sees the same features).
-    fn put(&mut self, idx: &[usize], feats: Vec<Tensor>) -> Vec<Tensor> {
-        let n = self.filled.len() as i64;
-        let kind = self.kind;
-        let store = self.feats.get_or_insert_with(|| {
-            feats
-                .iter()
-                .map(|f| {
-                    let mut shape = f.size();
-                    shape[0] = n;
-                    Tensor::zeros(shape, (kind, Device::Cpu))
-                })
-                .collect()
-        });
-        let index = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
-        let mut out = Vec::with_capacity(feats.len());
-        for (c, f) in store.iter_mut().zip(feats) {
-            let stored = f.to_device(Device::Cpu).to_kind(kind);
-            let _ = c.index_copy_(0, &index, &stored);
-            out.push(if kind == Kind::Float {
-                f
-            } else {
-                stored.to_device(f.device()).to_kind(Kind::Float)
-            });
-        }
-        for &i in idx {
-            self.filled[i] = true;
-        }
-        out
-    }
-}
-
 fn make_bar(progress: bool, len: u64, what: &str) -> ProgressBar {
     if !progress {
         return ProgressBar::hidden();
@@ -196,12 +119,18 @@ struct FeatureSource<'a> {
 }
 
 impl<'a> FeatureSource<'a> {
-    fn new(ds: &'a Dataset, pp: Preprocess, batch_size: usize, cache: FeatureCache) -> Self {
+    fn new(
+        ds: &'a Dataset,
+        pp: Preprocess,
+        batch_size: usize,
+        cache: FeatureCache,
+        run_dir: &std::path::Path,
+    ) -> Self {
         Self {
             ds,
             pp,
             batch_size,
-            cache: FeatureStore::new(cache, ds.train.len()),
+            cache: FeatureStore::new(cache, ds.train.len(), run_dir),
             loader: None,
         }
     }
@@ -231,7 +160,7 @@ impl<'a> FeatureSource<'a> {
     /// model's device.
     fn features(&mut self, model: &OmniAd, idx: &[usize]) -> Result<Vec<Tensor>> {
         if let Some(store) = self.cache.as_ref().filter(|s| s.has_all(idx)) {
-            return Ok(store.get(idx, model.device()));
+            return store.get(idx, model.device());
         }
         let batch = self
             .loader
@@ -245,12 +174,14 @@ impl<'a> FeatureSource<'a> {
                 batch.indices
             );
         }
-        let x = images_tensor(&batch.images, idx.len(), &self.pp, model.device());
         let t0 = Instant::now();
-        let fresh = model.teacher_features(&x);
+        let fresh = libtorch("teacher forward pass of a training batch", || {
+            let x = images_tensor(&batch.images, idx.len(), &self.pp, model.device());
+            model.teacher_features(&x)
+        })?;
         Ok(match self.cache.as_mut() {
             Some(store) => {
-                let kept = store.put(idx, fresh);
+                let kept = store.put(idx, fresh)?;
                 store.teacher_seconds += t0.elapsed().as_secs_f64();
                 kept
             }
@@ -278,13 +209,18 @@ fn optimisation_step(
     jitter_seed: i64,
     at: (usize, u64),
 ) -> Result<(f64, f64)> {
-    tch::manual_seed(jitter_seed);
-    let recon = model.reconstruct(feats, true);
-    let loss = OmniAd::loss(feats, &recon);
-    opt.zero_grad();
-    loss.backward();
-    let grad_norm = opt.step(lr);
-    let loss_v = loss.double_value(&[]);
+    let (loss_v, grad_norm) = libtorch(
+        &format!("training step {} (epoch {})", at.1 + 1, at.0 + 1),
+        || {
+            tch::manual_seed(jitter_seed);
+            let recon = model.reconstruct(feats, true);
+            let loss = OmniAd::loss(feats, &recon);
+            opt.zero_grad();
+            loss.backward();
+            let grad_norm = opt.step(lr);
+            (loss.double_value(&[]), grad_norm)
+        },
+    )?;
     if !loss_v.is_finite() {
         bail!(
             "training diverged: loss is {loss_v} at epoch {}, step {} (try a lower --lr)",
@@ -364,6 +300,18 @@ fn start_or_resume(
     Ok((model, TrainState::default(), None))
 }
 
+/// Teacher-feature floats of one training image (the three scales together), from one forward
+/// pass of the teacher on a blank image.
+///
+/// # Errors
+/// libtorch failures (e.g. out of memory on the device).
+fn teacher_floats_per_image(model: &OmniAd) -> Result<u64> {
+    let (h, w) = model.cfg.image_size;
+    let x = Tensor::f_zeros([1, 3, h as i64, w as i64], (Kind::Float, model.device()))?;
+    let feats = tch::no_grad(|| model.teacher_features(&x));
+    Ok(feats.iter().map(|f| f.numel() as u64).sum())
+}
+
 /// Trains (or resumes) the run described by `cfg`.
 ///
 /// Determinism: initialisation and feature jitter draw from libtorch's process-global random
@@ -402,6 +350,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", paths.opt_state.display()))?;
     }
 
+    let plan: CachePlan = plan_cache(
+        cfg.feature_cache,
+        n,
+        teacher_floats_per_image(&model)?,
+        cfg.memory_budget,
+        &paths.dir,
+    )?;
+    tracing::info!("feature cache: {}", plan.reason);
+    if opts.progress {
+        eprintln!("feature cache: {}", plan.reason);
+    }
     let provenance = |epochs_done: usize| {
         serde_json::json!({
             "omniad_version": env!("CARGO_PKG_VERSION"),
@@ -416,6 +375,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             "optim": cfg.optim,
             "device": device_name(device),
             "feature_cache": cfg.feature_cache,
+            "feature_cache_used": plan.mode,
         })
     };
 
@@ -423,9 +383,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         &ds,
         preprocess_for(&model.cfg),
         cfg.batch_size,
-        cfg.feature_cache,
+        plan.mode,
+        &paths.dir,
     );
-    let mut log = runs::JsonlLog::open(&paths.log, opts.resume.then_some(state.steps))?;
+    let mut log = runs::JsonlLog::open(&paths.log, Some(state.steps))?;
     let started = Instant::now();
     let mut images_done = 0usize;
     let mut last_loss = f64::NAN;
@@ -534,5 +495,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         interrupted,
         images_per_sec: images_done as f64 / elapsed.max(1e-9),
         cache_seconds: source.cache_seconds(),
+        feature_cache: plan.reason.clone(),
     })
 }

@@ -81,6 +81,17 @@ fn override_decides_both_ways() {
     .unwrap();
     assert_eq!(r[0].anomalous, Some(true));
     assert_eq!(r[0].normalised_score, Some(0.5));
+
+    // A threshold that is negative or not a finite number is refused, naming the value.
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let opts = PredictOptions {
+            threshold: Some(bad),
+            ..Default::default()
+        };
+        let err = format!("{:#}", predict(&run, &inputs[..1], &opts).unwrap_err());
+        assert!(err.contains(&format!("threshold {bad}")), "{err}");
+        assert!(err.contains("finite number >= 0"), "{err}");
+    }
 }
 
 #[test]

@@ -2,8 +2,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::{class_dirs, select_classes, GOOD};
-use crate::dataset::{Dataset, DatasetKind, Label, LayoutSource, OpenOptions, Sample, Split};
+use super::{class_dirs, select_classes, Listing, GOOD};
+use crate::dataset::{DatasetKind, Label, OpenOptions, Sample, Split};
 use crate::decode::has_image_extension;
 use crate::error::DataError;
 use crate::fsutil::{join_rel, list_dir, list_images, stem};
@@ -68,7 +68,7 @@ pub(crate) fn read_dirs(
     root: &Path,
     requested: Option<&[String]>,
     opts: &OpenOptions,
-) -> Result<Dataset, DataError> {
+) -> Result<Listing, DataError> {
     let spec = dir_spec(kind);
     // The folder layout may hold a single class directly at the root.
     let single = kind == DatasetKind::Folder && root.join("train").is_dir();
@@ -110,14 +110,10 @@ pub(crate) fn read_dirs(
         train.extend(tr);
         test.extend(te);
     }
-    Ok(Dataset {
-        kind,
-        root: root.to_path_buf(),
+    Ok(Listing {
         classes,
         train,
         test,
-        has_masks: true, // recomputed by open_dataset
-        source: LayoutSource::Native,
     })
 }
 

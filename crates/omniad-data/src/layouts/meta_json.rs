@@ -2,8 +2,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::{add_class, select_classes};
-use crate::dataset::{Dataset, DatasetKind, Label, LayoutSource, OpenOptions, Sample, Split};
+use super::{add_class, select_classes, Listing};
+use crate::dataset::{Label, OpenOptions, Sample, Split};
 use crate::error::DataError;
 use crate::fsutil::{join_rel, require_file};
 
@@ -27,12 +27,11 @@ struct MetaEntry {
 /// `{"train": {cls: [{img_path, mask_path, cls_name, specie_name, anomaly}]}, "test": {...}}`,
 /// paths relative to `root`, `anomaly` 0/1 (or a boolean).
 pub(crate) fn read_meta_json(
-    kind: DatasetKind,
     root: &Path,
     meta_path: &Path,
     requested: Option<&[String]>,
     opts: &OpenOptions,
-) -> Result<Dataset, DataError> {
+) -> Result<Listing, DataError> {
     require_file(meta_path, "meta.json file")?;
     let text = std::fs::read_to_string(meta_path).map_err(|e| DataError::io(meta_path, e))?;
     let file: MetaFile = serde_json::from_str(&text).map_err(|e| {
@@ -130,13 +129,9 @@ pub(crate) fn read_meta_json(
             });
         }
     }
-    Ok(Dataset {
-        kind,
-        root: root.to_path_buf(),
+    Ok(Listing {
         classes,
         train,
         test,
-        has_masks: any_mask, // recomputed by open_dataset
-        source: LayoutSource::MetaJson(meta_path.to_path_buf()),
     })
 }

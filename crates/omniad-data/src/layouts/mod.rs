@@ -6,8 +6,8 @@
 //! - [`realiad`]: Real-IAD's `realiad_jsons/<class>.json`;
 //! - [`meta_json`]: an ADer `meta.json` for any of them.
 //!
-//! `dataset.rs` holds the types and calls these readers; nothing here imports it back beyond
-//! the types.
+//! Each reader returns a [`Listing`]; `open.rs` picks the reader and assembles the
+//! [`Dataset`](crate::Dataset). The readers import only the types of `dataset.rs`.
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{DatasetKind, OpenOptions, Sample};
@@ -25,6 +25,18 @@ pub(crate) use realiad::{read_realiad, realiad_json_dir};
 pub(crate) use visa::read_visa;
 
 pub(crate) use crate::dataset::GOOD;
+
+/// What a layout reader found: the selected classes and their samples, class-major and sorted
+/// by image path within a class.
+#[derive(Debug)]
+pub(crate) struct Listing {
+    /// Selected classes: sorted by name, or in `--classes` order when filtered.
+    pub classes: Vec<String>,
+    /// Training samples.
+    pub train: Vec<Sample>,
+    /// Test samples.
+    pub test: Vec<Sample>,
+}
 
 /// True when the native markers of `kind` are present under `root`
 /// (used to decide whether a `root/meta.json` should be read instead).

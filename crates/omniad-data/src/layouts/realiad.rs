@@ -1,8 +1,8 @@
 //! Real-IAD: `realiad_jsons/realiad_jsons/<class>.json` per class, five camera views per sample.
 use std::path::{Path, PathBuf};
 
-use super::{add_class, select_classes};
-use crate::dataset::{Dataset, DatasetKind, Label, LayoutSource, OpenOptions, Sample, Split};
+use super::{add_class, select_classes, Listing};
+use crate::dataset::{DatasetKind, Label, OpenOptions, Sample, Split};
 use crate::error::DataError;
 use crate::fsutil::{is_hidden, join_rel, list_dir, require_file, stem};
 
@@ -116,7 +116,7 @@ pub(crate) fn read_realiad(
     root: &Path,
     requested: Option<&[String]>,
     opts: &OpenOptions,
-) -> Result<Dataset, DataError> {
+) -> Result<Listing, DataError> {
     let Some(json_dir) = realiad_json_dir(root, opts.realiad_json_dir.as_deref()) else {
         return Err(DataError::layout(
             root,
@@ -238,13 +238,9 @@ pub(crate) fn read_realiad(
         }
         add_class(class, tr, te, &json_path, &mut train, &mut test)?;
     }
-    Ok(Dataset {
-        kind: DatasetKind::RealIad,
-        root: root.to_path_buf(),
+    Ok(Listing {
         classes,
         train,
         test,
-        has_masks: true, // recomputed by open_dataset
-        source: LayoutSource::Native,
     })
 }

@@ -2,8 +2,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{add_class, select_classes};
-use crate::dataset::{Dataset, DatasetKind, Label, LayoutSource, OpenOptions, Sample, Split};
+use super::{add_class, select_classes, Listing};
+use crate::dataset::{Label, OpenOptions, Sample, Split};
 use crate::error::DataError;
 use crate::fsutil::{join_rel, require_file};
 
@@ -19,7 +19,7 @@ pub(crate) fn read_visa(
     root: &Path,
     requested: Option<&[String]>,
     opts: &OpenOptions,
-) -> Result<Dataset, DataError> {
+) -> Result<Listing, DataError> {
     let csv_path = visa_csv_path(root, opts);
     require_file(&csv_path, "VisA split CSV (split_csv/1cls.csv)")?;
     let mut rdr = csv::ReaderBuilder::new()
@@ -154,13 +154,9 @@ pub(crate) fn read_visa(
         }
         add_class(class, tr, te, &csv_path, &mut train, &mut test)?;
     }
-    Ok(Dataset {
-        kind: DatasetKind::Visa,
-        root: root.to_path_buf(),
+    Ok(Listing {
         classes,
         train,
         test,
-        has_masks: true, // recomputed by open_dataset
-        source: LayoutSource::Native,
     })
 }
