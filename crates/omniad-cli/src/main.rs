@@ -102,70 +102,82 @@ struct TrainArgs {
     /// TOML configuration file (keys as in the run folder's config.toml); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Dataset layout: mvtec, visa, realiad, loco, btad, mpdd, folder.
+    /// Dataset layout: mvtec, visa, realiad, loco, btad, mpdd, folder [default: detected from
+    /// the folders under --data-root; the start-up summary says which].
     #[arg(long)]
     dataset: Option<DatasetKind>,
+    /// Dataset root folder (required for a new run).
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// Train on these classes only (comma separated).
+    /// Train on these classes only (comma separated) [default: every class found].
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<String>>,
-    /// Teacher: resnet18, resnet34 (paper), resnet50, wide_resnet50_2, efficientnet_lite0 (offline default).
+    /// Teacher: resnet18, resnet34 (paper), resnet50, wide_resnet50_2, efficientnet_lite0
+    /// [default: efficientnet_lite0, shipped, offline].
     #[arg(long)]
     teacher: Option<TeacherArch>,
-    /// Teacher ImageNet weights (.safetensors or .pth from timm/torchvision).
+    /// Teacher ImageNet weights (.safetensors or .pth from timm/torchvision) [default: the
+    /// shipped EfficientNet-Lite0 weights; required for ResNets].
     #[arg(long)]
     teacher_weights: Option<PathBuf>,
-    /// Run folder.
+    /// Run folder (required for a new run unless --config names one; with --resume, the run to
+    /// continue).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Device: cpu, cuda, cuda:N.
+    /// Device: cpu, cuda, cuda:N [default: cpu].
     #[arg(long)]
     device: Option<ComputeDevice>,
+    /// Epochs [default: 100].
     #[arg(long)]
     epochs: Option<usize>,
+    /// Images per optimiser step [default: 16].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// AdamW learning rate (x0.1 at 80% of the epochs) [default: 0.001].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
+    /// AdamW weight decay [default: 0.0001].
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
+    /// Seed of shuffling, initialisation and feature jitter [default: 42].
     #[arg(long)]
     seed: Option<u64>,
-    /// Decoder depths, e.g. 3,9,9,7.
+    /// Omni-blocks per decoder stage, e.g. 3,9,9,7 (the paper's) [default: 3,9,9,7].
     #[arg(long, value_delimiter = ',')]
     depths: Option<Vec<usize>>,
+    /// Input side in pixels (square; a multiple of 32 in 64..=2048) [default: 256].
     #[arg(long)]
     image_size: Option<u32>,
-    /// Ablation: both, global_only, local_only.
+    /// Ablation: both, global_only, local_only [default: both].
     #[arg(long, value_parser = parse_branches)]
     branches: Option<Branches>,
-    /// Ablation: learnable_tokens, self_attention.
+    /// Ablation: learnable_tokens, self_attention [default: learnable_tokens].
     #[arg(long, value_parser = parse_attention)]
     attention: Option<GlobalAttention>,
-    /// Learnable tokens (a perfect square).
+    /// Learnable tokens (a perfect square) [default: 64].
     #[arg(long)]
     num_tokens: Option<i64>,
+    /// Feature-jitter scale of training (0 = off) [default: 20].
     #[arg(long, allow_negative_numbers = true)]
     jitter_scale: Option<f64>,
-    /// Teacher-feature cache: auto (default: memory if it fits --memory-budget, else a disk
-    /// file in the run folder, else none), memory, memory_f16, disk, none.
+    /// Teacher-feature cache: auto (memory if it fits --memory-budget, else a disk file in the
+    /// run folder, else none), memory, memory_f16, disk, none [default: auto].
     #[arg(long, value_parser = parse_cache)]
     feature_cache: Option<FeatureCache>,
     /// Memory the automatic feature cache may use, e.g. 8G, 512M (default: half of the memory
     /// available at start). May be given with --resume.
     #[arg(long, value_parser = parse_bytes)]
     memory_budget: Option<u64>,
-    /// Evaluate every K epochs (0 = off).
+    /// Evaluate every K epochs (0 = off) [default: 0].
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Checkpoint every K epochs (0 = only at the end / on Ctrl-C).
+    /// Checkpoint every K epochs (0 = only at the end / on Ctrl-C) [default: 10].
     #[arg(long)]
     save_every: Option<usize>,
     /// Continue the run in --out from its last checkpoint (its config.toml is used).
     #[arg(long)]
     resume: bool,
-    /// No progress bars.
+    /// No progress bar and no start-up summary: one line per epoch.
     #[arg(long)]
     quiet: bool,
 }
@@ -554,8 +566,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         TrainConfig::default()
     };
     let (resume, quiet) = (a.resume, a.quiet);
+    // No silent defaults for where the data comes from and where the run goes.
+    let layout_given = a.dataset.is_some() || a.config.is_some();
+    let out_given = a.out.is_some() || a.config.is_some();
     a.apply(&mut cfg)?;
     if !resume {
+        if !out_given {
+            bail!("--out RUN_DIR is required: the folder the run (checkpoint, logs, metrics) is written to");
+        }
         let root = &cfg.data.data_root;
         if root.as_os_str().is_empty() {
             bail!("--data-root is required (or data.data_root in --config)");
@@ -570,6 +588,22 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         if let Ok(abs) = std::fs::canonicalize(root) {
             cfg.data.data_root = abs;
         }
+        if !layout_given {
+            let root = &cfg.data.data_root;
+            cfg.data.dataset = DatasetKind::detect(root).with_context(|| {
+                format!(
+                    "{}: cannot tell the dataset layout; pass --dataset",
+                    root.display()
+                )
+            })?;
+            if !quiet {
+                eprintln!(
+                    "dataset layout: {} (detected from the folders of {}; --dataset sets it)",
+                    cfg.data.dataset,
+                    root.display()
+                );
+            }
+        }
     }
     let interrupt = Arc::new(AtomicBool::new(false));
     let signal = stop_signals(interrupt.clone())?;
@@ -583,6 +617,17 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         },
     )?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
+    if !quiet && !outcome.interrupted {
+        eprintln!(
+            "done: {} epochs, {} steps, last epoch's mean loss {:.5}, {:.1} images/s; checkpoint {}\nnext: omniad eval --run {}",
+            outcome.epochs_done,
+            outcome.steps,
+            outcome.last_loss,
+            outcome.images_per_sec,
+            outcome.checkpoint.display(),
+            outcome.run_dir.display()
+        );
+    }
     if outcome.interrupted {
         eprintln!(
             "interrupted: resume with `omniad train --resume --out {}`",
@@ -590,7 +635,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         );
         // The conventional status of the signal that stopped it (130 SIGINT, 143 SIGTERM,
         // 129 SIGHUP).
-        std::process::exit(128 + signal.load(Ordering::SeqCst).max(2));
+        let sig = match signal.load(Ordering::SeqCst) {
+            0 => signal_hook::consts::SIGINT,
+            s => s,
+        };
+        std::process::exit(128 + sig);
     }
     Ok(())
 }
@@ -755,7 +804,66 @@ pub(crate) fn info_line(model: &OmniAd) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{parse_bytes, Cli};
+    use clap::CommandFactory;
+    use omniad_pipeline::TrainConfig;
+
+    /// Every `[default: ...]` in `omniad train --help` is the value `TrainConfig::default()` has.
+    #[test]
+    fn train_help_shows_the_real_defaults() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("train")
+            .expect("train subcommand")
+            .render_long_help()
+            .to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let d = TrainConfig::default();
+        let join = |v: &[usize]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let wanted = [
+            d.device.to_string(),
+            d.epochs.to_string(),
+            d.batch_size.to_string(),
+            d.optim.lr.to_string(),
+            d.optim.weight_decay.to_string(),
+            d.seed.to_string(),
+            join(&d.model.depths),
+            d.model.image_size.0.to_string(),
+            d.model.num_tokens.to_string(),
+            d.model.jitter_scale.to_string(),
+            d.save_every.to_string(),
+            d.eval_every.to_string(),
+            d.model.teacher.to_string(),
+            serde_json::to_value(d.model.branches)
+                .expect("name")
+                .as_str()
+                .expect("str")
+                .to_string(),
+            serde_json::to_value(d.model.attention)
+                .expect("name")
+                .as_str()
+                .expect("str")
+                .to_string(),
+            serde_json::to_value(d.feature_cache)
+                .expect("name")
+                .as_str()
+                .expect("str")
+                .to_string(),
+        ];
+        for w in wanted {
+            assert!(
+                help.contains(&format!("[default: {w}]"))
+                    || help.contains(&format!("[default: {w},")),
+                "`omniad train --help` lacks [default: {w}]:\n{help}"
+            );
+        }
+        assert_eq!(d.model.image_size.0, d.model.image_size.1, "square default");
+    }
 
     #[test]
     fn sizes_with_binary_units() {

@@ -77,11 +77,19 @@ mod tests {
         let (t, f1) = f1_optimal_threshold(&pairs).unwrap();
         assert!((t - 0.5).abs() < 1e-12, "{t}");
         assert_eq!(f1, 1.0);
-        // Overlap: best is to flag the top three (TP 2, FP 1): F1 = 4/5.
+        // Separable with a gap: cut halfway between 0.8 and 0.7.
         let pairs = [(0.1, false), (0.7, false), (0.8, true), (0.9, true)];
         let (t, f1) = f1_optimal_threshold(&pairs).unwrap();
         assert!(
-            (f1 - 0.8).abs() < 1e-12 && (t - 0.75).abs() < 1e-12,
+            (f1 - 1.0).abs() < 1e-12 && (t - 0.75).abs() < 1e-12,
+            "{t} {f1}"
+        );
+        // Overlap: best is to flag the top three (TP 2, FP 1, F1 = 4/5), cut between 0.8 and 0.1
+        // (flagging only 0.9 gives 2/3, adding 0.85 gives 1/2).
+        let pairs = [(0.1, false), (0.85, false), (0.8, true), (0.9, true)];
+        let (t, f1) = f1_optimal_threshold(&pairs).unwrap();
+        assert!(
+            (f1 - 0.8).abs() < 1e-12 && (t - 0.45).abs() < 1e-12,
             "{t} {f1}"
         );
         // A tie between a normal and an anomalous image is one threshold.

@@ -251,9 +251,6 @@ fn decision_threshold(
     ckpt: &Path,
 ) -> Result<Option<f64>> {
     if let Some(t) = opts.threshold {
-        if !(t.is_finite() && t >= 0.0) {
-            bail!("threshold {t}: a decision threshold on the image score must be a finite number >= 0");
-        }
         if let Some(c) = &opts.per_class {
             tracing::info!("--threshold {t} overrides the calibrated threshold of class {c}");
         }
@@ -295,8 +292,8 @@ fn validate(opts: &PredictOptions) -> Result<()> {
         bail!("overlay alpha {} must be in [0, 1]", opts.alpha);
     }
     if let Some(t) = opts.threshold {
-        if !t.is_finite() {
-            bail!("threshold {t} must be a finite number");
+        if !(t.is_finite() && t >= 0.0) {
+            bail!("threshold {t}: a decision threshold on the image score must be a finite number >= 0");
         }
     }
     Ok(())

@@ -91,20 +91,101 @@ pub fn open_train_dataset(data: &DataConfig) -> Result<Dataset> {
     Ok(ds)
 }
 
-fn make_bar(progress: bool, len: u64, what: &str) -> ProgressBar {
+/// The progress bar of a run: `len` optimiser steps, ETA of the whole run; hidden when `progress`
+/// is off (and, by indicatif, when stderr is not a terminal).
+fn make_bar(progress: bool, len: u64) -> ProgressBar {
     if !progress {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(
-            "{prefix:>18} [{bar:30}] {pos}/{len} {msg} ({per_sec}, ETA {eta})",
+            "training [{bar:30}] step {pos}/{len} {msg} ({per_sec}, ETA {eta})",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    bar.set_prefix(what.to_string());
     bar
+}
+
+/// Prints a line to stderr: above the progress bar when it is drawn, plainly otherwise.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// The start-up summary of a training, for a person: run folder, data (layout, classes with their
+/// image counts), model, schedule, device and the feature-cache decision.
+fn startup_summary(
+    cfg: &TrainConfig,
+    ds: &Dataset,
+    model: &OmniAd,
+    plan: &CachePlan,
+    state: &TrainState,
+    batches_per_epoch: usize,
+) -> String {
+    let count = |v: &[omniad_data::Sample], c: &str| v.iter().filter(|s| s.class == c).count();
+    let classes: Vec<String> = ds
+        .classes
+        .iter()
+        .map(|c| {
+            format!(
+                "{c} ({} train, {} test)",
+                count(&ds.train, c),
+                count(&ds.test, c)
+            )
+        })
+        .collect();
+    let (trainable, frozen) = model.num_params();
+    let m = &cfg.model;
+    let start = if state.steps == 0 {
+        "new run".to_string()
+    } else {
+        format!(
+            "resuming at epoch {}, step {}",
+            state.epoch + 1,
+            state.steps
+        )
+    };
+    let decay = (0..cfg.epochs)
+        .find(|&e| step_lr(1.0, e, cfg.epochs) < 1.0)
+        .map_or("constant".to_string(), |e| {
+            format!("x0.1 from epoch {}", e + 1)
+        });
+    [
+        format!("omniad train: {start} in {}", cfg.out.display()),
+        format!(
+            "  data: {} layout at {}, {} training images, {} classes: {}",
+            cfg.data.dataset,
+            cfg.data.data_root.display(),
+            ds.train.len(),
+            ds.classes.len(),
+            classes.join(", ")
+        ),
+        format!(
+            "  model: teacher {} (frozen, {:.2} M), decoder depths {:?}, {}x{} px, {:.2} M trainable parameters",
+            m.teacher,
+            frozen as f64 / 1e6,
+            m.depths,
+            m.image_size.0,
+            m.image_size.1,
+            trainable as f64 / 1e6
+        ),
+        format!(
+            "  schedule: {} epochs x {batches_per_epoch} steps (batch {}), AdamW lr {} ({decay}), checkpoint every {} epochs",
+            cfg.epochs, cfg.batch_size, cfg.optim.lr, cfg.save_every
+        ),
+        format!(
+            "  device: {} ({} CPU threads)",
+            device_name(model.device()),
+            tch::get_num_threads()
+        ),
+        format!("  feature cache: {}", plan.reason),
+    ]
+    .join("\n")
 }
 
 /// Teacher features of training batches, from the cache when it holds them, else decoded and
@@ -359,7 +440,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     )?;
     tracing::info!("feature cache: {}", plan.reason);
     if opts.progress {
-        eprintln!("feature cache: {}", plan.reason);
+        eprintln!(
+            "{}",
+            startup_summary(cfg, &ds, &model, &plan, &state, batches_per_epoch)
+        );
     }
     let provenance = |epochs_done: usize| {
         serde_json::json!({
@@ -391,17 +475,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let mut images_done = 0usize;
     let mut last_loss = f64::NAN;
     let mut interrupted = false;
+    // One bar for the whole run: its ETA is the run's, not the epoch's.
+    let bar = make_bar(opts.progress, (cfg.epochs * batches_per_epoch) as u64);
+    bar.set_position(state.steps);
+    bar.reset_eta();
 
     'epochs: while state.epoch < cfg.epochs {
         let epoch = state.epoch;
         let lr = step_lr(cfg.optim.lr, epoch, cfg.epochs);
         let order = omniad_data::shuffled_indices(n, cfg.seed, epoch as u64);
-        let bar = make_bar(
-            opts.progress,
-            batches_per_epoch as u64,
-            &format!("epoch {}/{}", epoch + 1, cfg.epochs),
-        );
-        bar.set_position(state.batch_in_epoch as u64);
         let chunks: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(|c| c.to_vec()).collect();
         if state.batch_in_epoch > chunks.len() {
             bail!(
@@ -420,12 +502,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 .is_some_and(|f| f.load(Ordering::SeqCst))
             {
                 interrupted = true;
-                bar.abandon_with_message("interrupted");
                 break 'epochs;
             }
             if opts.max_steps.is_some_and(|m| state.steps >= m) {
                 interrupted = true;
-                bar.finish_and_clear();
                 break 'epochs;
             }
             let idx = &chunks[state.batch_in_epoch];
@@ -448,15 +528,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 "epoch": epoch + 1, "step": state.steps, "loss": loss_v, "lr": lr,
                 "grad_norm": grad_norm, "images_per_sec": ips,
             }))?;
-            bar.set_message(format!("loss {loss_v:.4} lr {lr:.1e} {ips:.1} img/s"));
+            bar.set_message(format!(
+                "epoch {}/{} loss {loss_v:.4} lr {lr:.1e} {ips:.1} img/s",
+                epoch + 1,
+                cfg.epochs
+            ));
             bar.inc(1);
         }
-        bar.finish_and_clear();
-        if !opts.progress {
-            tracing::info!("epoch {}/{}: loss {:.5}", epoch + 1, cfg.epochs, last_loss);
-        } else {
-            eprintln!("epoch {}/{}: loss {:.5}", epoch + 1, cfg.epochs, last_loss);
-        }
+        // One line per epoch, with or without the bar (above it when it is drawn).
+        say(
+            &bar,
+            format!("epoch {}/{}: loss {:.5}", epoch + 1, cfg.epochs, last_loss),
+        );
         state.epoch += 1;
         state.batch_in_epoch = 0;
         state.epoch_loss_sum = 0.0;
@@ -469,13 +552,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 Ok(report) => {
                     let m = report.mean_json();
                     log.write(&serde_json::json!({"epoch": done, "eval": m}))?;
-                    eprintln!("epoch {done}: {}", report.summary_line());
+                    say(&bar, format!("epoch {done}: {}", report.summary_line()));
                 }
                 Err(e) => tracing::warn!("evaluation at epoch {done} failed: {e:#}"),
             }
         }
     }
     if interrupted {
+        bar.abandon_with_message("interrupted");
         runs::save_all(
             &paths,
             &model,
@@ -484,6 +568,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             &fingerprint,
             provenance(state.epoch),
         )?;
+    }
+    if !interrupted {
+        bar.finish_and_clear();
     }
     let elapsed = started.elapsed().as_secs_f64();
     Ok(TrainOutcome {
