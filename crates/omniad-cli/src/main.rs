@@ -174,6 +174,10 @@ struct TrainArgs {
     /// Checkpoint every K epochs (0 = only at the end / on Ctrl-C) [default: 10].
     #[arg(long)]
     save_every: Option<usize>,
+    /// Also train on the last, incomplete batch of each epoch (by default it is dropped, as the
+    /// reference's data loader does, so that every step sees --batch-size images).
+    #[arg(long)]
+    keep_last_batch: bool,
     /// Continue the run in --out from its last checkpoint (its config.toml is used).
     #[arg(long)]
     resume: bool,
@@ -501,6 +505,7 @@ impl TrainArgs {
                 ("--feature-cache", self.feature_cache.is_some()),
                 ("--eval-every", self.eval_every.is_some()),
                 ("--save-every", self.save_every.is_some()),
+                ("--keep-last-batch", self.keep_last_batch),
             ]
             .into_iter()
             .filter_map(|(name, given)| given.then_some(name))
@@ -544,6 +549,9 @@ impl TrainArgs {
             self.eval_every => cfg.eval_every,
             self.save_every => cfg.save_every,
         );
+        if self.keep_last_batch {
+            cfg.drop_last = false;
+        }
         Ok(())
     }
 }

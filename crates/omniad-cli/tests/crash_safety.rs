@@ -346,3 +346,62 @@ fn out_of_memory_is_a_clear_error() {
     );
     assert!(!run_dir.join("model.json").exists());
 }
+
+/// `train --resume --out RUN --quiet EXTRA...` fails cleanly with every word of `words`.
+fn resume_fails(run_dir: &Path, extra: &[&str], words: &[&str]) -> String {
+    let mut args = vec!["train", "--resume", "--out", p(run_dir), "--quiet"];
+    args.extend_from_slice(extra);
+    fails(&args, words)
+}
+
+/// `--resume` checks what it continues: a flag that would change the configuration (each named),
+/// fewer epochs, a finished run without a larger `--epochs`, a resume position that cannot exist,
+/// and training images that changed since the run started are all refused with a clear error.
+#[test]
+fn resume_refuses_changed_flags_an_impossible_state_and_changed_data() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synth(tmp.path());
+    let run_dir = tmp.path().join("run");
+    ok(&train_args(
+        &data,
+        &run_dir,
+        &["--epochs", "2", "--feature-cache", "none"],
+    ));
+    let fails_with = |extra: &[&str], words: &[&str]| resume_fails(&run_dir, extra, words);
+    fails_with(
+        &["--lr", "0.01", "--seed", "3"],
+        &["--lr, --seed", "would change it"],
+    );
+    fails_with(
+        &["--epochs", "1"],
+        &["--epochs 1 is fewer than the run's 2"],
+    );
+    fails_with(&[], &["finished all 2 epochs", "larger --epochs"]);
+
+    let state_path = run_dir.join("train_state.json");
+    let saved = fs::read_to_string(&state_path).expect("state");
+    let mut v: serde_json::Value = serde_json::from_str(&saved).expect("JSON");
+    v["state"]["batch_in_epoch"] = 99.into();
+    fs::write(&state_path, v.to_string()).expect("write");
+    fails_with(
+        &["--epochs", "3"],
+        &["impossible resume position", "batch 99 of 2"],
+    );
+    fs::write(&state_path, &saved).expect("restore");
+
+    let mut removed = fs::read_dir(data.join("woven/train/good"))
+        .expect("train folder")
+        .map(|e| e.expect("entry").path())
+        .collect::<Vec<_>>();
+    removed.sort();
+    fs::remove_file(&removed[0]).expect("remove an image");
+    fails_with(
+        &["--epochs", "3"],
+        &["training images changed", "8 images then, 7 now"],
+    );
+    // Nothing above touched the checkpoint.
+    assert_eq!(
+        json_file(&run_dir.join("train_state.json"))["state"]["epoch"],
+        2
+    );
+}

@@ -331,23 +331,35 @@ pub fn load(json_path: &Path, device: Device) -> Result<(OmniAd, CheckpointMeta)
         path: json_path.to_path_buf(),
         msg: msg.to_string(),
     })?;
-    assign_all(&mut model, tensors).map_err(|details| CheckpointError::Mismatch {
-        path: wpath.clone(),
-        arch: format!(
-            "teacher {}, depths {:?}",
-            meta.config.teacher, meta.config.depths
-        ),
-        details,
+    assign_all(&mut model, tensors).map_err(|WeightMismatch(details)| {
+        CheckpointError::Mismatch {
+            path: wpath.clone(),
+            arch: format!(
+                "teacher {}, depths {:?}",
+                meta.config.teacher, meta.config.depths
+            ),
+            details,
+        }
     })?;
     Ok((model, meta))
 }
+
+/// Tensors that do not fit a model: one line per missing, unexpected or mis-shaped tensor, with
+/// the shapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WeightMismatch(pub String);
 
 /// Copies `tensors` into the model's variables (teacher and student stores), strictly.
 /// Nothing is copied unless every name and shape matches.
 ///
 /// # Errors
-/// A multi-line list of missing, unexpected and mis-shaped tensors with their shapes.
-pub fn assign_all(model: &mut OmniAd, tensors: Vec<(String, Tensor)>) -> Result<(), String> {
+/// [`WeightMismatch`]: a multi-line list of missing, unexpected and mis-shaped tensors with
+/// their shapes.
+pub fn assign_all(
+    model: &mut OmniAd,
+    tensors: Vec<(String, Tensor)>,
+) -> Result<(), WeightMismatch> {
     let mut vars = model.teacher_vs.variables();
     vars.extend(model.vs.variables());
     let mut given: BTreeMap<String, Tensor> = tensors.into_iter().collect();
@@ -370,7 +382,7 @@ pub fn assign_all(model: &mut OmniAd, tensors: Vec<(String, Tensor)>) -> Result<
     }
     if !problems.is_empty() {
         problems.sort();
-        return Err(problems.concat());
+        return Err(WeightMismatch(problems.concat()));
     }
     tch::no_grad(|| {
         for (name, var) in vars {

@@ -80,6 +80,12 @@ pub struct TrainConfig {
     pub device: ComputeDevice,
     /// Teacher-feature cache.
     pub feature_cache: FeatureCache,
+    /// Drop the last incomplete batch of every epoch, as the reference's data loader does
+    /// (`drop_last=True`), so that every optimiser step sees `batch_size` images. A
+    /// `config.toml` without the key (runs made before it existed) reads as `false`, so that
+    /// they resume exactly as they started.
+    #[serde(default)]
+    pub drop_last: bool,
     /// Bytes of memory [`FeatureCache::Auto`] may give the cache (`None` = half of the memory
     /// available when training starts).
     pub memory_budget: Option<u64>,
@@ -107,6 +113,7 @@ impl Default for TrainConfig {
             out: PathBuf::from("runs/omniad"),
             device: ComputeDevice::Cpu,
             feature_cache: FeatureCache::Auto,
+            drop_last: true,
             memory_budget: None,
             eval_every: 0,
             save_every: 10,
@@ -183,6 +190,7 @@ impl From<FlatTrainConfig> for TrainConfig {
             out: f.out,
             device: f.device,
             feature_cache: f.feature_cache,
+            drop_last: false,
             memory_budget: None,
             eval_every: f.eval_every,
             save_every: f.save_every,

@@ -26,6 +26,12 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Global grad-norm clip (`None` = off).
     pub clip_grad_norm: Option<f64>,
+    /// Weight decay only for parameters with two or more dimensions whose name does not end in
+    /// `.bias` (the reference's rule; norm weights and biases are not decayed). `false` decays
+    /// every parameter, as omniad did before; a `config.toml` without the key (runs made
+    /// before it existed) reads as `false`, so that they resume exactly as they started.
+    #[serde(default)]
+    pub decay_only_matrices: bool,
 }
 
 impl Default for AdamWConfig {
@@ -37,6 +43,7 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 1e-4,
             clip_grad_norm: Some(5.0),
+            decay_only_matrices: true,
         }
     }
 }
@@ -52,12 +59,19 @@ pub fn step_lr(lr: f64, epoch: usize, epochs: usize) -> f64 {
     }
 }
 
+/// Optimiser state that does not fit the model's parameters: each missing or mis-shaped tensor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("optimiser state does not fit the model: {0}")]
+pub struct OptimStateError(pub String);
+
 /// AdamW over a fixed list of named parameters.
 #[derive(Debug)]
 pub struct AdamW {
     /// Hyper-parameters.
     pub cfg: AdamWConfig,
     params: Vec<(String, Tensor)>,
+    /// Per parameter: whether weight decay applies to it.
+    decays: Vec<bool>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     /// Number of steps taken.
@@ -70,9 +84,14 @@ impl AdamW {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let exp_avg = params.iter().map(|(_, p)| p.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like()).collect();
+        let decays = params
+            .iter()
+            .map(|(name, p)| !cfg.decay_only_matrices || (p.dim() > 1 && !name.ends_with(".bias")))
+            .collect();
         Self {
             cfg,
             params,
+            decays,
             exp_avg,
             exp_avg_sq,
             step: 0,
@@ -130,7 +149,9 @@ impl AdamW {
                 } else {
                     g.shallow_clone()
                 };
-                let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                if self.decays[i] {
+                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
                 let m = &mut self.exp_avg[i];
                 let _ = m.g_mul_scalar_(c.beta1);
                 let _ = m.g_add_(&(&g * (1.0 - c.beta1)));
@@ -161,8 +182,8 @@ impl AdamW {
     /// Restores state saved by [`AdamW::state_tensors`].
     ///
     /// # Errors
-    /// A message naming each missing or mis-shaped state tensor.
-    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), String> {
+    /// [`OptimStateError`] naming each missing or mis-shaped state tensor.
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), OptimStateError> {
         let given: BTreeMap<String, Tensor> = tensors.into_iter().collect();
         let mut problems = Vec::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
@@ -189,7 +210,7 @@ impl AdamW {
             }
         };
         if !problems.is_empty() {
-            return Err(problems.join("; "));
+            return Err(OptimStateError(problems.join("; ")));
         }
         tch::no_grad(|| {
             for (i, (name, _)) in self.params.iter().enumerate() {
@@ -226,6 +247,7 @@ mod tests {
             lr: 0.1,
             weight_decay: 0.01,
             clip_grad_norm: None,
+            decay_only_matrices: false,
             ..Default::default()
         };
         let mut opt = AdamW::new(cfg, vec![("p".into(), p.shallow_clone())]);
@@ -236,6 +258,43 @@ mod tests {
         for (i, w) in want.iter().enumerate() {
             let got = p.double_value(&[i as i64]);
             assert!((got - w).abs() < 1e-6, "{got} vs {w}");
+        }
+    }
+
+    /// The reference's rule: a matrix is decayed, a 1-D weight and a bias are not.
+    #[test]
+    fn weight_decay_skips_vectors_and_biases() {
+        let mat = Tensor::from_slice(&[1.0f32, -2.0])
+            .reshape([1, 2])
+            .set_requires_grad(true);
+        let vec = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let bias = Tensor::from_slice(&[1.0f32, -2.0])
+            .reshape([2, 1])
+            .set_requires_grad(true);
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            weight_decay: 0.01,
+            clip_grad_norm: None,
+            ..Default::default()
+        };
+        assert!(cfg.decay_only_matrices, "the default follows the reference");
+        let params = vec![
+            ("a.weight".to_string(), mat.shallow_clone()),
+            ("norm.weight".to_string(), vec.shallow_clone()),
+            ("conv.bias".to_string(), bias.shallow_clone()),
+        ];
+        let mut opt = AdamW::new(cfg, params);
+        for p in [&mat, &vec, &bias] {
+            (p * p).sum(Kind::Float).backward();
+        }
+        opt.step(0.1);
+        let decayed = [1.0 * (1.0 - 0.001) - 0.1, -2.0 * (1.0 - 0.001) + 0.1];
+        let plain = [1.0 - 0.1, -2.0 + 0.1];
+        let values = |t: &Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32");
+        for (t, want) in [(&mat, decayed), (&vec, plain), (&bias, plain)] {
+            for (got, w) in values(t).iter().zip(want) {
+                assert!((*got as f64 - w).abs() < 1e-6, "{got} vs {w}");
+            }
         }
     }
 

@@ -415,7 +415,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
 
     let ds = open_train_dataset(&cfg.data)?;
     let n = ds.train.len();
-    let batches_per_epoch = n.div_ceil(cfg.batch_size);
+    let batches_per_epoch = if cfg.drop_last {
+        n / cfg.batch_size
+    } else {
+        n.div_ceil(cfg.batch_size)
+    };
+    if batches_per_epoch == 0 {
+        bail!(
+            "{}: {n} training images are fewer than one batch (batch size {}), and the last incomplete batch of an epoch is dropped as in the reference: lower --batch-size or pass --keep-last-batch",
+            cfg.data.data_root.display(),
+            cfg.batch_size
+        );
+    }
     let fingerprint = DataFingerprint::of(&ds.train)?;
     let (model, mut state, resume_opt) = start_or_resume(
         cfg,
@@ -428,7 +439,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let mut opt = AdamW::new(cfg.optim, model.trainable_named());
     if let Some(st) = resume_opt {
         opt.load_state(st)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", paths.opt_state.display()))?;
+            .with_context(|| paths.opt_state.display().to_string())?;
     }
 
     let plan: CachePlan = plan_cache(
@@ -484,7 +495,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         let epoch = state.epoch;
         let lr = step_lr(cfg.optim.lr, epoch, cfg.epochs);
         let order = omniad_data::shuffled_indices(n, cfg.seed, epoch as u64);
-        let chunks: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(|c| c.to_vec()).collect();
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(cfg.batch_size)
+            .take(batches_per_epoch)
+            .map(|c| c.to_vec())
+            .collect();
         if state.batch_in_epoch > chunks.len() {
             bail!(
                 "{}: batch {} of epoch {} does not exist (the epoch has {} batches): the resume state does not fit this dataset",

@@ -34,6 +34,9 @@ fn tiny_cfg(data: &Path, out: &Path, cache: FeatureCache) -> TrainConfig {
         out: out.to_path_buf(),
         feature_cache: cache,
         save_every: 1,
+        // Keep the short last batch (10 images, batch 4: batches of 4, 4, 2), the harder case
+        // for resume; `drop_last_keeps_full_batches_only` covers the reference's default.
+        drop_last: false,
         data: DataConfig {
             dataset: DatasetKind::Mvtec,
             data_root: data.to_path_buf(),
@@ -147,6 +150,8 @@ fn feature_cache_gives_the_same_training() {
         ("mem", FeatureCache::Memory),
         ("none", FeatureCache::None),
         ("f16", FeatureCache::MemoryF16),
+        ("disk", FeatureCache::Disk),
+        ("auto", FeatureCache::Auto),
     ] {
         let out = tmp.path().join(name);
         let mut cfg = tiny_cfg(&data, &out, cache);
@@ -160,10 +165,54 @@ fn feature_cache_gives_the_same_training() {
         runs[0].0.last_loss, runs[1].0.last_loss
     );
     assert!(d < 1e-4, "cache changes training: {d}");
+    // The memory-mapped disk cache and the automatic choice train bit-identically to the memory
+    // cache, and the disk cache's file is gone afterwards.
+    for (i, what) in [(3, "disk"), (4, "auto")] {
+        let d = max_rel_diff(&runs[0].1, &runs[i].1);
+        assert_eq!(d, 0.0, "{what} cache changes training: {d}");
+        assert!(!tmp.path().join(what).join(".feature-cache.f32").exists());
+    }
+    assert!(
+        runs[3].0.feature_cache.starts_with("disk, f32"),
+        "{}",
+        runs[3].0.feature_cache
+    );
+    assert!(
+        runs[4].0.feature_cache.contains("fits the budget"),
+        "{}",
+        runs[4].0.feature_cache
+    );
     let l = (runs[2].0.last_loss - runs[0].0.last_loss).abs() / runs[0].0.last_loss;
     println!(
         "f16 cache: loss {} vs {} (rel {l:.2e})",
         runs[2].0.last_loss, runs[0].0.last_loss
     );
     assert!(l < 1e-3, "f16 cache loss parity {l}");
+}
+
+/// The reference's data loader drops the last incomplete batch of every epoch (`drop_last=True`),
+/// and so does `drop_last` (the default): 10 images at batch 4 give 2 steps per epoch, every step
+/// a full batch; fewer images than one batch is a clear error.
+#[test]
+fn drop_last_keeps_full_batches_only() {
+    let _serial = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_data(&data);
+    let out = tmp.path().join("run");
+    let mut cfg = tiny_cfg(&data, &out, FeatureCache::Memory);
+    cfg.drop_last = true;
+    cfg.epochs = 2;
+    let o = train(&cfg, &TrainOptions::default()).unwrap();
+    assert_eq!(o.steps, 4);
+    assert_eq!(o.epochs_done, 2);
+    let mut cfg = tiny_cfg(&data, &tmp.path().join("big"), FeatureCache::Memory);
+    cfg.drop_last = true;
+    cfg.batch_size = 11;
+    let err = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
+    assert!(
+        err.contains("10 training images") && err.contains("batch size 11"),
+        "{err}"
+    );
 }
