@@ -187,21 +187,13 @@ const CHECKPOINT_FILES: [&str; 4] = [
 /// # Errors
 /// Write failures naming the file and the operating system's reason (e.g. "No space left on
 /// device"); the staging folder is removed and the previous checkpoint stays as it was.
-pub fn save_all(
-    paths: &RunPaths,
-    model: &OmniAd,
-    opt: &AdamW,
-    state: &TrainState,
-    data: &DataFingerprint,
-    provenance: serde_json::Value,
-) -> Result<()> {
+pub fn save_all(paths: &RunPaths, snap: &Snapshot<'_>) -> Result<()> {
     let staging = paths.dir.join(STAGING_DIR);
-    let res = stage_checkpoint(paths, &staging, model, opt, state, data, provenance);
-    if let Err(e) = res {
+    if let Err(e) = stage_checkpoint(paths, &staging, snap) {
         let _ = fs::remove_dir_all(&staging);
         return Err(e.context(format!(
             "saving the checkpoint of step {} failed; {} still holds the previous checkpoint",
-            state.steps,
+            snap.state.steps,
             paths.dir.display()
         )));
     }
@@ -209,16 +201,31 @@ pub fn save_all(
     complete_commit(paths, &staging)
 }
 
+/// What one checkpoint saves: the model, the optimiser, the position, the fingerprint of the
+/// training images and the provenance recorded in `model.json`.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    /// The model (all weights, teacher included).
+    pub model: &'a OmniAd,
+    /// The optimiser (moments and step).
+    pub opt: &'a AdamW,
+    /// The resume position.
+    pub state: &'a TrainState,
+    /// The training images the run uses.
+    pub data: &'a DataFingerprint,
+    /// `model.json`'s `provenance` object.
+    pub provenance: serde_json::Value,
+}
+
 /// Writes every file of one save and the commit marker into `staging`.
-fn stage_checkpoint(
-    paths: &RunPaths,
-    staging: &Path,
-    model: &OmniAd,
-    opt: &AdamW,
-    state: &TrainState,
-    data: &DataFingerprint,
-    provenance: serde_json::Value,
-) -> Result<()> {
+fn stage_checkpoint(paths: &RunPaths, staging: &Path, snap: &Snapshot<'_>) -> Result<()> {
+    let Snapshot {
+        model,
+        opt,
+        state,
+        data,
+        provenance,
+    } = snap;
     if staging.exists() {
         fs::remove_dir_all(staging)
             .with_context(|| format!("cannot remove {}", staging.display()))?;
@@ -228,7 +235,7 @@ fn stage_checkpoint(
     let thresholds = checkpoint::read_meta(&paths.model_json)
         .ok()
         .and_then(|m| m.thresholds);
-    checkpoint::save(model, staging, "model", thresholds, provenance)?;
+    checkpoint::save(model, staging, "model", thresholds, provenance.clone())?;
     fault_point("save:model");
     let opt_path = staging.join(file_name(&paths.opt_state));
     let bytes = checkpoint::safetensors_bytes(&opt.state_tensors(), &opt_path)?;

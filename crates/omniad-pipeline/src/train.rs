@@ -150,6 +150,11 @@ fn startup_summary(
             state.steps
         )
     };
+    let saves = match cfg.save_every {
+        0 => "checkpoint at the end (and on a stop signal)".to_string(),
+        1 => "checkpoint every epoch".to_string(),
+        k => format!("checkpoint every {k} epochs"),
+    };
     let decay = (0..cfg.epochs)
         .find(|&e| step_lr(1.0, e, cfg.epochs) < 1.0)
         .map_or("constant".to_string(), |e| {
@@ -175,8 +180,8 @@ fn startup_summary(
             trainable as f64 / 1e6
         ),
         format!(
-            "  schedule: {} epochs x {batches_per_epoch} steps (batch {}), AdamW lr {} ({decay}), checkpoint every {} epochs",
-            cfg.epochs, cfg.batch_size, cfg.optim.lr, cfg.save_every
+            "  schedule: {} epochs x {batches_per_epoch} steps (batch {}), AdamW lr {} ({decay}), {saves}",
+            cfg.epochs, cfg.batch_size, cfg.optim.lr
         ),
         format!(
             "  device: {} ({} CPU threads)",
@@ -560,7 +565,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         state.epoch_loss_sum = 0.0;
         let done = state.epoch;
         if (cfg.save_every > 0 && done.is_multiple_of(cfg.save_every)) || done == cfg.epochs {
-            runs::save_all(&paths, &model, &opt, &state, &fingerprint, provenance(done))?;
+            let snap = runs::Snapshot {
+                model: &model,
+                opt: &opt,
+                state: &state,
+                data: &fingerprint,
+                provenance: provenance(done),
+            };
+            runs::save_all(&paths, &snap)?;
         }
         if cfg.eval_every > 0 && done.is_multiple_of(cfg.eval_every) && done < cfg.epochs {
             match crate::eval::evaluate_model(&model, &ds, &crate::eval::EvalOptions::default()) {
@@ -575,14 +587,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     }
     if interrupted {
         bar.abandon_with_message("interrupted");
-        runs::save_all(
-            &paths,
-            &model,
-            &opt,
-            &state,
-            &fingerprint,
-            provenance(state.epoch),
-        )?;
+        let snap = runs::Snapshot {
+            model: &model,
+            opt: &opt,
+            state: &state,
+            data: &fingerprint,
+            provenance: provenance(state.epoch),
+        };
+        runs::save_all(&paths, &snap)?;
     }
     if !interrupted {
         bar.finish_and_clear();
