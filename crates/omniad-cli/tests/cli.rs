@@ -164,6 +164,23 @@ fn end_to_end_tiny_run() {
         2,
         "one gallery image per class"
     );
+    // --no-report: no report, no maps recorded, stdout stays JSON with --json
+    fs::remove_file(&report).expect("rm report");
+    let json_out = ok(&["eval", "--run", p(&run_dir), "--no-report", "--json"]);
+    serde_json::from_str::<serde_json::Value>(&json_out).expect("--json prints only JSON");
+    assert!(!report.exists(), "--no-report wrote a report");
+    assert!(json_file(&run_dir.join("results.json"))["maps_dir"].is_null());
+    let out = omniad()
+        .args(["report", "--run", p(&run_dir)])
+        .output()
+        .expect("run omniad report");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no anomaly maps saved"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(report.exists());
 
     // predict: a folder of test images plus one odd-sized image
     let odd = tmp.path().join("odd.png");

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use minijinja::{context, Environment};
-use omniad_metrics::{binary_curve, pro_curve, EvalResults, Metric};
+use omniad_metrics::{binary_curve, binary_metrics, pro_curve, EvalResults, Metric};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -415,6 +415,22 @@ pub fn build_report(run: &Path, opts: &ReportOptions) -> Result<Report, ReportEr
                 results_path.display(),
                 items.len()
             )));
+        }
+        // the scores must be those the metrics were computed from
+        let scores: Vec<f32> = items.iter().map(|r| r.score).collect();
+        let labels: Vec<bool> = items.iter().map(|r| r.anomalous).collect();
+        let recomputed = binary_metrics(&scores, &labels)?.auroc.value();
+        let stored = metric_classes[class]
+            .get("image_auroc")
+            .and_then(Value::as_f64);
+        if let (Some(a), Some(b)) = (recomputed, stored) {
+            if (a - b).abs() > 1e-9 {
+                return Err(ReportError::Inconsistent(format!(
+                    "class {class}: the scores of {} give I-AUROC {a:.6}, {} says {b:.6}",
+                    results_path.display(),
+                    metrics_path.display()
+                )));
+            }
         }
         let (threshold, threshold_source) = match thresholds.per_class.get(class) {
             Some(t) => (*t, "per-class threshold"),

@@ -263,6 +263,21 @@ fn user_errors_name_the_file_and_field() {
     std::fs::write(run.join("results.json"), v.to_string()).unwrap();
     let e = err(run);
     assert!(e.contains("fabric") && e.contains("omniad eval"), "{e}");
+    // results.json of another evaluation (other scores)
+    let mut v: Value = serde_json::from_slice(&results).unwrap();
+    let first_bolt = v["images"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|i| i["class"] == "bolt" && i["anomalous"] == true)
+        .unwrap();
+    first_bolt["score"] = serde_json::json!(-5.0);
+    std::fs::write(run.join("results.json"), v.to_string()).unwrap();
+    let e = err(run);
+    assert!(
+        e.contains("bolt") && e.contains("I-AUROC") && e.contains("omniad eval"),
+        "{e}"
+    );
     std::fs::write(run.join("results.json"), &results).unwrap();
 
     // maps of another size
