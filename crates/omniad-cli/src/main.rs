@@ -17,6 +17,7 @@ use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::eval::{dataset_for_run, eval_run, EvalOptions};
 use omniad_pipeline::predict::{collect_inputs, predict_run, PredictOptions};
 use omniad_pipeline::{train, TrainOptions};
+use omniad_report::{default_output, write_report, ReportOptions};
 
 mod bench;
 
@@ -49,6 +50,8 @@ enum Command {
     Eval(EvalArgs),
     /// Score images with a trained run: JSON lines, heatmap overlays, masks.
     Predict(PredictArgs),
+    /// Write the HTML evaluation report of an evaluated run (one self-contained file).
+    Report(ReportArgs),
     /// Score anomaly maps produced by any tool (safetensors: anomaly_maps, masks, image_scores, labels).
     Metrics(MetricsArgs),
     /// Architecture summary and parameter counts.
@@ -203,9 +206,16 @@ struct EvalArgs {
     device: ComputeDevice,
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
-    /// Write anomaly maps per class into <run>/maps (readable by `omniad metrics`).
+    /// Write anomaly maps per class into <run>/maps (readable by `omniad metrics`); the report
+    /// needs them, so they are saved unless --no-report.
     #[arg(long)]
     save_maps: bool,
+    /// Do not write <run>/report.html (nor the maps it needs, unless --save-maps).
+    #[arg(long)]
+    no_report: bool,
+    /// Report: images per class in the gallery.
+    #[arg(long, default_value_t = ReportOptions::default().thumbs_per_class)]
+    thumbs: usize,
     /// Also compute the ADer-compatible variants.
     #[arg(long)]
     ader: bool,
@@ -399,6 +409,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Train(a) => train_cmd(*a),
         Command::Eval(a) => eval_cmd(a),
         Command::Predict(a) => predict_cmd(a),
+        Command::Report(a) => report_cmd(a),
         Command::Metrics(a) => metrics_cmd(a),
         Command::Info(a) => info_cmd(a),
         Command::Bench(a) => bench::run(a),
@@ -455,6 +466,9 @@ fn demo(a: DemoArgs) -> Result<()> {
         out.run_dir.join("heatmaps").display(),
         out.data_dir.join("<class>/test").display()
     );
+    let report = default_output(&out.run_dir);
+    report_to(&out.run_dir, &report, &ReportOptions::default())?;
+    println!("report:   {}  (open it in a browser)", report.display());
     Ok(())
 }
 
@@ -696,9 +710,14 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             ..Default::default()
         },
         batch_size: a.batch_size as usize,
-        save_maps: a.save_maps.then(|| a.run.join("maps")),
+        save_maps: (a.save_maps || !a.no_report).then(|| a.run.join("maps")),
         progress: !a.json,
     };
+    let report_opts = ReportOptions {
+        thumbs_per_class: a.thumbs,
+        ..Default::default()
+    };
+    report_opts.validate()?;
     let out = eval_run(&a.run, &ds, a.device, &opts)?;
     for w in &out.warnings {
         eprintln!("warning: {w}");
@@ -712,6 +731,53 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             a.run.join("metrics.json").display()
         );
     }
+    if !a.no_report {
+        let path = default_output(&a.run);
+        report_to(&a.run, &path, &report_opts)?;
+        // stdout stays pure JSON with --json
+        if a.json {
+            eprintln!("report: {}", path.display());
+        } else {
+            println!("report:  {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// Run folder, evaluated by `omniad eval` (model.json, metrics.json, results.json, maps/).
+    #[arg(long)]
+    run: PathBuf,
+    /// Output file [default: <run>/report.html].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Images per class in the gallery (worst false negatives, worst false positives, true
+    /// positives), each shown as image | ground truth | anomaly map | predicted mask.
+    #[arg(long, default_value_t = ReportOptions::default().thumbs_per_class)]
+    thumbs: usize,
+    /// Side of each thumbnail in pixels.
+    #[arg(long, default_value_t = ReportOptions::default().thumb_size)]
+    thumb_size: u32,
+}
+
+/// Writes the report and prints its warnings on stderr.
+fn report_to(run: &std::path::Path, out: &std::path::Path, opts: &ReportOptions) -> Result<()> {
+    let report = write_report(run, out, opts)?;
+    for w in &report.warnings {
+        eprintln!("warning: report: {w}");
+    }
+    Ok(())
+}
+
+fn report_cmd(a: ReportArgs) -> Result<()> {
+    let out = a.out.unwrap_or_else(|| default_output(&a.run));
+    let opts = ReportOptions {
+        thumbs_per_class: a.thumbs,
+        thumb_size: a.thumb_size,
+    };
+    report_to(&a.run, &out, &opts)?;
+    println!("report: {}", out.display());
     Ok(())
 }
 

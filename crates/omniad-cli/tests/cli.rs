@@ -137,6 +137,51 @@ fn end_to_end_tiny_run() {
         assert!((a - b).abs() < 1e-12, "{k}: metrics {a} vs eval {b}");
     }
 
+    // the report: written by eval (path printed), and again by `omniad report` elsewhere
+    let report = run_dir.join("report.html");
+    assert!(stdout.contains(p(&report)), "{stdout}");
+    let html = fs::read_to_string(&report).expect("report.html written by eval");
+    for class in ["screw", "woven"] {
+        assert!(html.contains(&format!("id=\"class-{class}\"")), "{class}");
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    let results = json_file(&run_dir.join("results.json"));
+    assert_eq!(results["images"].as_array().expect("images").len(), 8);
+    let out = tmp.path().join("small-report.html");
+    let printed = ok(&[
+        "report",
+        "--run",
+        p(&run_dir),
+        "--out",
+        p(&out),
+        "--thumbs",
+        "1",
+    ]);
+    assert!(printed.contains(p(&out)), "{printed}");
+    let small = fs::read_to_string(&out).expect("report --out");
+    assert_eq!(
+        small.matches("<div class=\"thumb-row").count(),
+        2,
+        "one gallery image per class"
+    );
+    // --no-report: no report, no maps recorded, stdout stays JSON with --json
+    fs::remove_file(&report).expect("rm report");
+    let json_out = ok(&["eval", "--run", p(&run_dir), "--no-report", "--json"]);
+    serde_json::from_str::<serde_json::Value>(&json_out).expect("--json prints only JSON");
+    assert!(!report.exists(), "--no-report wrote a report");
+    assert!(json_file(&run_dir.join("results.json"))["maps_dir"].is_null());
+    let out = omniad()
+        .args(["report", "--run", p(&run_dir)])
+        .output()
+        .expect("run omniad report");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no anomaly maps saved"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(report.exists());
+
     // predict: a folder of test images plus one odd-sized image
     let odd = tmp.path().join("odd.png");
     image::open(data.join("woven/test/good/000.png"))
@@ -475,6 +520,14 @@ fn eval_and_predict_need_a_checkpoint() {
             "--data-root",
             p(&data),
         ],
+        &[p(&missing), "not found"],
+    );
+    fails(
+        &["report", "--run", p(&empty)],
+        &[p(&empty), "metrics.json", "omniad eval"],
+    );
+    fails(
+        &["report", "--run", p(&missing)],
         &[p(&missing), "not found"],
     );
     let image = data.join("woven/test/good/000.png");

@@ -6,7 +6,7 @@
 //! `roc_curve` / `precision_recall_curve` (thresholds at distinct score values,
 //! predicted anomalous = `score >= threshold`).
 
-use crate::keys::key_of;
+use crate::keys::{f32_of, key_of};
 use crate::report::MetricValue;
 use crate::MetricsError;
 
@@ -136,6 +136,20 @@ pub fn binary_metrics(scores: &[f32], labels: &[bool]) -> Result<BinaryMetrics, 
     if let Some(reason) = one_class_reason(n_pos, n_neg, "image") {
         return Ok(BinaryMetrics::undefined(&reason));
     }
+    let mut sweep = Sweep::new(n_pos);
+    for_each_group(scores, labels, |_, d_pos, d_neg| sweep.push(d_pos, d_neg));
+    let (auroc, ap, f1) = sweep.finish();
+    Ok(BinaryMetrics {
+        auroc: MetricValue::Defined(auroc),
+        ap: MetricValue::Defined(ap),
+        f1_max: MetricValue::Defined(f1),
+    })
+}
+
+/// Visits the groups of equal scores from the highest score down, calling `f(key, d_pos, d_neg)`
+/// with the score's order-preserving key and the anomalous and normal samples of the group.
+/// Scores must be finite.
+fn for_each_group(scores: &[f32], labels: &[bool], mut f: impl FnMut(u32, u64, u64)) {
     // (key << 1 | label), sorted descending: groups of equal keys are adjacent.
     let mut packed: Vec<u64> = scores
         .iter()
@@ -143,7 +157,6 @@ pub fn binary_metrics(scores: &[f32], labels: &[bool]) -> Result<BinaryMetrics, 
         .map(|(&s, &l)| ((key_of(s) as u64) << 1) | l as u64)
         .collect();
     packed.sort_unstable_by(|a, b| b.cmp(a));
-    let mut sweep = Sweep::new(n_pos);
     let mut i = 0;
     while i < packed.len() {
         let k = packed[i] >> 1;
@@ -156,14 +169,99 @@ pub fn binary_metrics(scores: &[f32], labels: &[bool]) -> Result<BinaryMetrics, 
             }
             i += 1;
         }
-        sweep.push(d_pos, d_neg);
+        f(k as u32, d_pos, d_neg);
     }
-    let (auroc, ap, f1) = sweep.finish();
-    Ok(BinaryMetrics {
-        auroc: MetricValue::Defined(auroc),
-        ap: MetricValue::Defined(ap),
-        f1_max: MetricValue::Defined(f1),
-    })
+}
+
+/// One threshold of a descending sweep: predicted anomalous = `score >= threshold`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SweepPoint {
+    /// The threshold, one of the distinct scores.
+    pub threshold: f32,
+    /// Anomalous samples with `score >= threshold` (true positives).
+    pub tp: u64,
+    /// Normal samples with `score >= threshold` (false positives).
+    pub fp: u64,
+}
+
+/// The points behind [`binary_metrics`]: one [`SweepPoint`] per distinct score, from the highest
+/// score down (scikit-learn's `roc_curve` / `precision_recall_curve` thresholds, without
+/// dropping collinear points).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinaryCurve {
+    /// Number of anomalous samples.
+    pub n_pos: u64,
+    /// Number of normal samples.
+    pub n_neg: u64,
+    /// One point per distinct score, highest threshold first.
+    pub points: Vec<SweepPoint>,
+}
+
+impl BinaryCurve {
+    /// The ROC curve as `(FPR, TPR)` points from `(0, 0)` to `(1, 1)`; its trapezoidal area is
+    /// the AUROC of [`binary_metrics`].
+    pub fn roc(&self) -> Vec<(f64, f64)> {
+        let (p, n) = (self.n_pos as f64, self.n_neg as f64);
+        std::iter::once((0.0, 0.0))
+            .chain(
+                self.points
+                    .iter()
+                    .map(|q| (q.fp as f64 / n, q.tp as f64 / p)),
+            )
+            .collect()
+    }
+
+    /// The precision-recall curve as `(recall, precision)` points, one per threshold with at
+    /// least one predicted anomaly, highest threshold first; `sum (R_k - R_{k-1}) P_k` over
+    /// them is the AP of [`binary_metrics`].
+    pub fn pr(&self) -> Vec<(f64, f64)> {
+        let p = self.n_pos as f64;
+        self.points
+            .iter()
+            .filter(|q| q.tp + q.fp > 0)
+            .map(|q| (q.tp as f64 / p, q.tp as f64 / (q.tp + q.fp) as f64))
+            .collect()
+    }
+}
+
+/// The ROC / precision-recall sweep of `scores` against `labels` (`true` = anomalous), the
+/// curve of [`binary_metrics`]; `None` when all labels are equal (no curve is defined).
+///
+/// # Errors
+/// As [`binary_metrics`]: a NaN or infinite score (naming its index), different lengths.
+pub fn binary_curve(scores: &[f32], labels: &[bool]) -> Result<Option<BinaryCurve>, MetricsError> {
+    if scores.len() != labels.len() {
+        return Err(MetricsError::ShapeMismatch {
+            a: "scores".into(),
+            a_shape: vec![scores.len()],
+            b: "labels".into(),
+            b_shape: vec![labels.len()],
+        });
+    }
+    if let Some((index, &value)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
+        return Err(MetricsError::NonFiniteScore { index, value });
+    }
+    let n_pos = labels.iter().filter(|&&l| l).count() as u64;
+    let n_neg = labels.len() as u64 - n_pos;
+    if one_class_reason(n_pos, n_neg, "image").is_some() {
+        return Ok(None);
+    }
+    let mut points = Vec::new();
+    let (mut tp, mut fp) = (0u64, 0u64);
+    for_each_group(scores, labels, |k, d_pos, d_neg| {
+        tp += d_pos;
+        fp += d_neg;
+        points.push(SweepPoint {
+            threshold: f32_of(k),
+            tp,
+            fp,
+        });
+    });
+    Ok(Some(BinaryCurve {
+        n_pos,
+        n_neg,
+        points,
+    }))
 }
 
 #[cfg(test)]
@@ -192,6 +290,59 @@ mod tests {
         assert!((v(&m.ap) - ap).abs() < 1e-12);
         // F1: 2*1/(1+0+3)=0.5, 2*2/(2+2+3)=0.571, 2*3/(3+2+3)=0.75
         assert!((v(&m.f1_max) - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn curve_points_reproduce_auroc_and_ap() {
+        let mut s = 99u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        // quantised scores: many ties
+        let l: Vec<bool> = (0..300).map(|_| rnd() % 3 == 0).collect();
+        let sc: Vec<f32> = l
+            .iter()
+            .map(|&a| ((rnd() % 40) as f32 + 10.0 * a as u8 as f32) / 50.0)
+            .collect();
+        let m = binary_metrics(&sc, &l).unwrap();
+        let c = binary_curve(&sc, &l).unwrap().unwrap();
+        assert_eq!((c.n_pos + c.n_neg) as usize, sc.len());
+        let roc = c.roc();
+        assert_eq!(roc[0], (0.0, 0.0));
+        assert_eq!(*roc.last().unwrap(), (1.0, 1.0));
+        let area: f64 = roc
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
+            .sum();
+        assert!(
+            (area - v(&m.auroc)).abs() < 1e-12,
+            "{area} vs {:?}",
+            m.auroc
+        );
+        let mut prev_r = 0.0;
+        let mut ap = 0.0;
+        for (r, p) in c.pr() {
+            ap += (r - prev_r) * p;
+            prev_r = r;
+        }
+        assert!((ap - v(&m.ap)).abs() < 1e-12, "{ap} vs {:?}", m.ap);
+        let f1 = c
+            .pr()
+            .iter()
+            .map(|&(r, p)| 2.0 * p * r / (p + r))
+            .fold(0.0, f64::max);
+        assert!((f1 - v(&m.f1_max)).abs() < 1e-12);
+        // thresholds are the distinct scores, descending
+        let mut d: Vec<f32> = sc.clone();
+        d.sort_by(|a, b| b.total_cmp(a));
+        d.dedup();
+        let th: Vec<f32> = c.points.iter().map(|p| p.threshold).collect();
+        assert_eq!(th, d);
+        assert!(binary_curve(&[0.1, 0.2], &[true, true]).unwrap().is_none());
+        assert!(binary_curve(&[0.1, f32::INFINITY], &[true, false]).is_err());
     }
 
     #[test]

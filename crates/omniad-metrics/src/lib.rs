@@ -75,15 +75,18 @@ mod keys;
 mod pixel;
 mod regions;
 mod report;
+pub mod results;
 pub mod synthetic;
 pub mod thresholds;
 
-pub use curve::{binary_metrics, BinaryMetrics};
+pub use curve::{binary_curve, binary_metrics, BinaryCurve, BinaryMetrics, SweepPoint};
 pub use error::MetricsError;
 pub use eval::{
     evaluate_arrays, Accumulator, ArrayRef, EvalArrays, ImageRecord, MetricOptions, PixelRecord,
 };
 pub use file::{evaluate_file, evaluate_safetensors, write_safetensors, CLASS_NAMES_KEY};
+pub use pixel::pro_curve;
 pub use report::{ClassReport, MeanValue, Metric, MetricValue, Report};
+pub use results::{EvalResults, ImageResult};
 pub use synthetic::{bench_synthetic, BenchResult, SyntheticSet};
 pub use thresholds::{f1_optimal_threshold, normalise_score, quantile};

@@ -761,6 +761,79 @@ pub(crate) fn class_pixel_metrics_from_maps(
     Ok(pixel_metrics(data, &chunks, opts))
 }
 
+/// The PRO curve behind AUPRO for one class, as `(FPR, PRO)` points: `(0, 0)`, then one point
+/// per distinct score from the highest down (predicted anomalous = `score >= threshold`), ending
+/// at FPR 1. Integrating it with the trapezoid rule up to an FPR limit, interpolating linearly at
+/// the limit, and dividing by the limit gives the class's `pixel_aupro`.
+///
+/// `maps` F32 `[n, h, w]` and `masks` U8 `[n, h, w]` (0/1), as in [`crate::evaluate_arrays`].
+/// `None` when the class has no anomalous or no normal pixel (AUPRO is undefined).
+///
+/// # Errors
+/// Lengths other than `n * h * w`, a non-finite map value or a mask value other than 0/1
+/// (naming the image and pixel).
+pub fn pro_curve(
+    maps: &[f32],
+    masks: &[u8],
+    n: usize,
+    h: usize,
+    w: usize,
+) -> Result<Option<Vec<(f64, f64)>>, MetricsError> {
+    let len = n * h * w;
+    for (what, got) in [("anomaly_maps", maps.len()), ("masks", masks.len())] {
+        if got != len {
+            return Err(MetricsError::ShapeMismatch {
+                a: what.into(),
+                a_shape: vec![got],
+                b: "n * h * w".into(),
+                b_shape: vec![n, h, w],
+            });
+        }
+    }
+    let mut data = ClassPixels::default();
+    let mut neg: Vec<u32> = Vec::new();
+    let mut scratch = Scratch::default();
+    for i in 0..n {
+        let r = i * h * w..(i + 1) * h * w;
+        let img = scan_image(
+            i,
+            &maps[r.clone()],
+            &masks[r],
+            h,
+            w,
+            &mut scratch,
+            Some(&mut neg),
+        )?;
+        data.add(img);
+    }
+    let ClassPixels { mut pos, sizes, .. } = data;
+    if pos.is_empty() || neg.is_empty() {
+        return Ok(None);
+    }
+    pos.sort_unstable();
+    neg.sort_unstable();
+    let inv_size: Vec<f64> = sizes.iter().map(|&s| 1.0 / s as f64).collect();
+    let (nn, nr) = (neg.len() as f64, sizes.len() as f64);
+    let mut points = vec![(0.0, 0.0)];
+    let (mut i, mut j) = (pos.len(), neg.len());
+    let (mut fp, mut pro_sum) = (0u64, 0.0f64);
+    while i > 0 || j > 0 {
+        let kp = (i > 0).then(|| (pos[i - 1] >> 32) as u32);
+        let kn = (j > 0).then(|| neg[j - 1]);
+        let k = kp.max(kn).unwrap_or(0);
+        while i > 0 && (pos[i - 1] >> 32) as u32 == k {
+            pro_sum += inv_size[(pos[i - 1] & 0xFFFF_FFFF) as usize];
+            i -= 1;
+        }
+        while j > 0 && neg[j - 1] == k {
+            fp += 1;
+            j -= 1;
+        }
+        points.push((fp as f64 / nn, pro_sum / nr));
+    }
+    Ok(Some(points))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -863,6 +936,24 @@ mod tests {
                 "{lim}: {:?} vs {want}",
                 r.aupro
             );
+            // the exported PRO curve integrates to the same AUPRO
+            let flat_maps: Vec<f32> = maps.iter().flatten().copied().collect();
+            let flat_masks: Vec<u8> = masks.iter().flatten().copied().collect();
+            let curve = pro_curve(&flat_maps, &flat_masks, maps.len(), h, w)
+                .unwrap()
+                .unwrap();
+            let mut integ = Integrator::new(lim);
+            for &(x, y) in &curve[1..] {
+                integ.line_to(x, y);
+            }
+            assert!(
+                (integ.area / lim - val(&r.aupro)).abs() < 1e-12,
+                "{lim}: curve {} vs {:?}",
+                integ.area / lim,
+                r.aupro
+            );
+            let end = *curve.last().unwrap();
+            assert!(end.0 == 1.0 && (end.1 - 1.0).abs() < 1e-12, "{end:?}");
             // the pixel AUROC / AP / F1 equal the image-level implementation
             let all: Vec<f32> = maps.iter().flatten().copied().collect();
             let lab: Vec<bool> = masks.iter().flatten().map(|&m| m == 1).collect();

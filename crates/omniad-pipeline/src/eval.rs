@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use omniad_data::{open_dataset, Dataset, DatasetKind, Label, Loader, LoaderOptions, OpenOptions};
-use omniad_metrics::{Accumulator, ImageRecord, MetricOptions, PixelRecord, Report};
+use omniad_metrics::{
+    Accumulator, EvalResults, ImageRecord, ImageResult, MetricOptions, PixelRecord, Report,
+};
 use omniad_model::checkpoint::{self, Thresholds};
 use omniad_model::OmniAd;
 use tch::{Device, Kind, Tensor};
@@ -51,6 +53,9 @@ pub struct EvalOutput {
     pub warnings: Vec<String>,
     /// `(class, image score, anomalous?)` of every test image, in dataset order.
     pub scores: Vec<(String, f64, bool)>,
+    /// Every test image with its paths, label and score, in dataset order (the order of the
+    /// saved maps within each class); written as `results.json` by [`eval_run`].
+    pub results: EvalResults,
 }
 
 impl EvalOutput {
@@ -102,6 +107,7 @@ pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Resul
         indicatif::ProgressBar::hidden()
     };
     let mut scores = Vec::with_capacity(ds.test.len());
+    let mut results = EvalResults::new((h, w), None);
     let mut saver = opts
         .save_maps
         .as_ref()
@@ -146,6 +152,14 @@ pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Resul
                 sv.push(&sample.class, map, mask, s[j], label)?;
             }
             scores.push((sample.class.clone(), s[j] as f64, label));
+            results.images.push(ImageResult {
+                class: sample.class.clone(),
+                image: sample.image.clone(),
+                masks: sample.masks.clone(),
+                defect: sample.defect.clone(),
+                anomalous: label,
+                score: s[j],
+            });
         }
         bar.inc(b as u64);
     }
@@ -160,6 +174,7 @@ pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Resul
         thresholds,
         warnings,
         scores,
+        results,
     })
 }
 
@@ -289,8 +304,9 @@ pub fn dataset_for_run(
         .with_context(|| format!("cannot open {kind} dataset at {}", root.display()))
 }
 
-/// `omniad eval`: loads the run's checkpoint, evaluates, writes `metrics.json` and
-/// `metrics.csv` into the run folder and stores the calibrated thresholds in `model.json`.
+/// `omniad eval`: loads the run's checkpoint, evaluates, writes `metrics.json`,
+/// `metrics.csv` and `results.json` (every image's score, label and paths) into the run folder
+/// and stores the calibrated thresholds in `model.json`.
 ///
 /// # Errors
 /// See [`evaluate_model`] and [`dataset_for_run`]; a run folder without a checkpoint.
@@ -303,8 +319,14 @@ pub fn eval_run(
     let device = device.open()?;
     let ckpt = crate::runs::checkpoint_of(run)?;
     let (model, mut meta) = checkpoint::load(&ckpt, device)?;
-    let out = evaluate_model(&model, ds, opts)?;
+    let mut out = evaluate_model(&model, ds, opts)?;
     let paths = RunPaths::new(run);
+    // maps saved inside the run folder are referred to relatively (the run can move)
+    out.results.maps_dir = opts.save_maps.as_ref().map(|d| {
+        d.strip_prefix(run)
+            .map(Path::to_path_buf)
+            .unwrap_or(d.clone())
+    });
     let mut json = out.report.to_json();
     json["thresholds"] = serde_json::to_value(&out.thresholds)?;
     json["warnings"] = serde_json::to_value(&out.warnings)?;
@@ -315,6 +337,7 @@ pub fn eval_run(
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     omniad_io::write_atomic(&paths.metrics_csv, report_csv(&out.report).as_bytes())?;
+    omniad_io::write_atomic(&paths.results, out.results.to_json_string().as_bytes())?;
     meta.thresholds = Some(merge_thresholds(meta.thresholds.take(), &out.thresholds));
     checkpoint::write_meta(&ckpt, &meta)?;
     Ok(out)

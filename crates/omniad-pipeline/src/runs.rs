@@ -31,6 +31,8 @@ pub struct RunPaths {
     pub metrics_json: PathBuf,
     /// Evaluation results as CSV (`metrics.csv`).
     pub metrics_csv: PathBuf,
+    /// Per-image evaluation results (`results.json`, see `omniad_metrics::results`).
+    pub results: PathBuf,
 }
 
 impl RunPaths {
@@ -45,6 +47,7 @@ impl RunPaths {
             log: dir.join("train_log.jsonl"),
             metrics_json: dir.join("metrics.json"),
             metrics_csv: dir.join("metrics.csv"),
+            results: dir.join("results.json"),
         }
     }
 }
