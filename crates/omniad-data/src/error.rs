@@ -142,12 +142,15 @@ pub enum DataError {
         what: String,
     },
     /// The dataset root exists but matches none of the known layouts.
-    #[error("{}: not a known dataset layout; tried: {tried}", root.display())]
+    #[error("{}: not a known dataset layout; tried: {tried}{hint}", root.display())]
     UnknownLayout {
         /// The dataset root.
         root: PathBuf,
         /// The layouts that were tried and what each needs.
         tried: String,
+        /// What the folder looks like instead, when recognisable (e.g. an anomalib `Folder`
+        /// dataset), and how to arrange it; empty otherwise.
+        hint: String,
     },
     /// The root does not look like the layout that was asked for, or contains something
     /// the layout does not allow (a stray file, an unknown extension, ...).

@@ -69,8 +69,44 @@ impl DatasetKind {
         Err(DataError::UnknownLayout {
             root: root.to_path_buf(),
             tried: TRIED_LAYOUTS.to_string(),
+            hint: flat_folder_hint(root)?,
         })
     }
+}
+
+/// A hint for a root that holds images directly or folders of images without `train/` (an
+/// anomalib `Folder` dataset such as `good/` + `crack/` + `mask/`, or a plain image folder):
+/// how to arrange it as omniad's `folder` layout. Empty when the root looks like neither.
+fn flat_folder_hint(root: &Path) -> Result<String, DataError> {
+    let entries = list_dir(root)?;
+    let has_images = |dir: &Path| -> Result<bool, DataError> {
+        Ok(list_dir(dir)?
+            .iter()
+            .any(|e| !e.is_dir && crate::decode::has_image_extension(&e.path)))
+    };
+    let image_dirs: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.is_dir)
+        .filter(|e| has_images(&e.path).unwrap_or(false))
+        .map(|e| e.name.as_str())
+        .collect();
+    let direct = entries
+        .iter()
+        .any(|e| !e.is_dir && crate::decode::has_image_extension(&e.path));
+    if image_dirs.is_empty() && !direct {
+        return Ok(String::new());
+    }
+    let found = if direct {
+        "images directly in the folder".to_string()
+    } else {
+        format!("folders of images ({})", image_dirs.join(", "))
+    };
+    Ok(format!(
+        ". It holds {found}, like an anomalib Folder dataset: omniad's `folder` layout wants \
+         train/good (normal images to train on), test/good, test/<defect> and optionally \
+         ground_truth/<defect>/<stem>_mask.png, under this folder or under one folder per class \
+         (see the README, \"Your own images\")"
+    ))
 }
 
 /// The six MPDD classes (used only to tell MPDD from MVTec-AD during detection).

@@ -286,7 +286,20 @@ fn root_missing_or_unknown_layout() {
 
     std::fs::create_dir_all(dir.path().join("random/stuff")).unwrap();
     let err = DatasetKind::detect(&dir.path().join("random")).unwrap_err();
-    assert!(matches!(err, DataError::UnknownLayout { .. }), "{err}");
+    assert!(
+        matches!(err, DataError::UnknownLayout { ref hint, .. } if hint.is_empty()),
+        "{err}"
+    );
+    // An anomalib-style flat folder (good/ + crack/ with images) gets a hint how to arrange it.
+    for sub in ["good", "crack"] {
+        let d = dir.path().join("flat").join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("000.png"), b"not decoded here").unwrap();
+    }
+    let flat = msg(DatasetKind::detect(&dir.path().join("flat")).unwrap_err());
+    assert!(flat.contains("folders of images (crack, good)"), "{flat}");
+    assert!(flat.contains("anomalib Folder dataset"), "{flat}");
+    assert!(flat.contains("train/good"), "{flat}");
     let text = msg(&err);
     for layout in [
         "visa",
