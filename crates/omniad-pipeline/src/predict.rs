@@ -498,8 +498,8 @@ fn validate(opts: &PredictOptions) -> Result<()> {
         bail!("overlay alpha {} must be in [0, 1]", opts.alpha);
     }
     if let Some(t) = opts.threshold {
-        if !t.is_finite() {
-            bail!("threshold {t} must be a finite number");
+        if !(t.is_finite() && t >= 0.0) {
+            bail!("threshold {t}: a decision threshold on the image score must be a finite number >= 0");
         }
     }
     Ok(())
