@@ -215,12 +215,9 @@ pub async fn serve(
         tracing::warn!("requests still open after {grace:?}: closed");
     }
     upkeep.abort();
-    let loaded = if loading.is_finished() {
-        loading.await.context("model loading task")?
-    } else {
-        loading.abort();
-        Ok(())
-    };
+    // The loading task ends as soon as the worker has loaded the model or failed to (a stop
+    // during loading waits for it): a failed load is this function's error, never an `Ok`.
+    let loaded = loading.await.context("model loading task")?;
     drop(app);
     drop(state);
     // The worker ends once every job sender (in the state) is gone.
