@@ -58,6 +58,8 @@ enum Command {
     Info(InfoArgs),
     /// Benchmarks: metrics speed, inference and training throughput.
     Bench(bench::BenchArgs),
+    /// HTTP inference service: JSON scores, overlay/mask PNGs, metrics, OpenAPI, a web page.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +251,46 @@ struct PredictArgs {
 }
 
 #[derive(Args, Debug)]
+struct ServeArgs {
+    /// Run folder (with model.json), read only.
+    #[arg(long)]
+    run: PathBuf,
+    /// Address to listen on; anything but loopback needs --token-file or --insecure-no-auth.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+    /// Device of the inference worker: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: ComputeDevice,
+    /// Most images per forward pass.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_batch: u64,
+    /// Milliseconds the worker waits for more requests to fill a batch.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    max_wait_ms: u64,
+    /// Most prediction requests admitted at once; one more gets 503 with Retry-After.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    queue: u64,
+    /// File holding the bearer token clients must send (Authorization: Bearer TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Serve a non-loopback address without a token.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Largest request body, MiB (default fits a 20-megapixel PNG).
+    #[arg(long, default_value_t = omniad_serve::DEFAULT_MAX_BODY_MB as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_body_mb: u64,
+    /// Most images in one multipart request.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_images: u64,
+    /// Largest image side accepted, pixels (checked before decoding).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    max_image_side: u32,
+    /// Seconds a whole request may take (408 past it).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    request_timeout_s: u64,
+}
+
+#[derive(Args, Debug)]
 struct MetricsArgs {
     /// Safetensors file: anomaly_maps f32 [N,H,W], masks u8 [N,H,W], image_scores f32 [N], labels u8 [N], optional class_ids [N].
     file: PathBuf,
@@ -413,7 +455,32 @@ fn run(cmd: Command) -> Result<()> {
         Command::Metrics(a) => metrics_cmd(a),
         Command::Info(a) => info_cmd(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve_cmd(a),
     }
+}
+
+fn serve_cmd(a: ServeArgs) -> Result<()> {
+    let mut opts = omniad_serve::ServeOptions::new(a.run);
+    opts.bind = a.bind;
+    opts.device = a.device;
+    opts.max_batch = a.max_batch as usize;
+    opts.max_wait = std::time::Duration::from_millis(a.max_wait_ms);
+    opts.queue = a.queue as usize;
+    opts.token = match &a.token_file {
+        Some(f) => Some(omniad_serve::read_token_file(f)?),
+        None => None,
+    };
+    opts.insecure_no_auth = a.insecure_no_auth;
+    opts.max_body_bytes = (a.max_body_mb as usize) << 20;
+    opts.max_images = a.max_images as usize;
+    opts.decode_limits = omniad_data::DecodeLimits {
+        max_width: a.max_image_side,
+        max_height: a.max_image_side,
+    };
+    opts.request_timeout = std::time::Duration::from_secs(a.request_timeout_s);
+    omniad_serve::run_blocking(opts, |addr| {
+        eprintln!("omniad serve: listening on http://{addr} (Ctrl-C or SIGTERM to stop)");
+    })
 }
 
 fn demo(a: DemoArgs) -> Result<()> {

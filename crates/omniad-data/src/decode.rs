@@ -3,7 +3,7 @@
 //! conversion of every supported colour type to 8-bit RGB.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Cursor, Seek};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -136,7 +136,26 @@ fn map_image_error(path: &Path, err: ImageError) -> DataError {
 fn open_reader(path: &Path, what: &str) -> Result<ImageReader<BufReader<File>>, DataError> {
     check_file(path, what)?;
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut reader = ImageReader::new(BufReader::new(file));
+    sniff(path, BufReader::new(file))
+}
+
+/// Opens a reader on in-memory bytes, `name` standing for the file in messages.
+fn open_bytes<'a>(
+    name: &Path,
+    bytes: &'a [u8],
+) -> Result<ImageReader<Cursor<&'a [u8]>>, DataError> {
+    if bytes.is_empty() {
+        return Err(DataError::EmptyFile {
+            path: name.to_path_buf(),
+        });
+    }
+    sniff(name, Cursor::new(bytes))
+}
+
+/// Wraps `inner` in a reader whose format is sniffed from the content (falling back to the
+/// extension of `path`); an unrecognised content is [`DataError::UnsupportedFormat`].
+fn sniff<R: BufRead + Seek>(path: &Path, inner: R) -> Result<ImageReader<R>, DataError> {
+    let mut reader = ImageReader::new(inner);
     if let Ok(fmt) = ImageFormat::from_path(path) {
         reader.set_format(fmt);
     }
@@ -227,14 +246,24 @@ pub(crate) fn decode_oriented(
     what: &str,
 ) -> Result<DynamicImage, DataError> {
     limits.validate()?;
-    let mut reader = open_reader(path, what)?;
+    decode_from(path, limits, || open_reader(path, what))
+}
+
+/// [`decode_oriented`] on any source: `open` gives a fresh sniffed reader (called a second time
+/// for CMYK JPEGs, which `jpeg-decoder` leaves to the `image` crate).
+fn decode_from<R: BufRead + Seek>(
+    path: &Path,
+    limits: &DecodeLimits,
+    open: impl Fn() -> Result<ImageReader<R>, DataError>,
+) -> Result<DynamicImage, DataError> {
+    let mut reader = open()?;
     if reader.format() == Some(ImageFormat::Jpeg) {
         let inner = reader.into_inner();
         if let Some(img) = guard(path, || decode_jpeg(path, inner, limits))? {
             return Ok(img);
         }
         // CMYK/YCCK JPEG: handled by the `image` crate below.
-        reader = open_reader(path, what)?;
+        reader = open()?;
     }
     // Our own header check below refuses oversized images with a clear error;
     // the decoder's allocation cap (512 MiB by default) would refuse legitimate
@@ -243,9 +272,9 @@ pub(crate) fn decode_oriented(
     guard(path, || decode_generic(path, reader, limits))
 }
 
-fn decode_generic(
+fn decode_generic<R: BufRead + Seek>(
     path: &Path,
-    reader: ImageReader<BufReader<File>>,
+    reader: ImageReader<R>,
     limits: &DecodeLimits,
 ) -> Result<DynamicImage, DataError> {
     let mut decoder = reader
@@ -283,9 +312,9 @@ fn map_jpeg_error(path: &Path, err: jpeg_decoder::Error) -> DataError {
 }
 
 /// Decodes a JPEG with `jpeg-decoder`; `Ok(None)` for CMYK files (left to `image`).
-fn decode_jpeg(
+fn decode_jpeg<R: std::io::Read>(
     path: &Path,
-    inner: BufReader<File>,
+    inner: R,
     limits: &DecodeLimits,
 ) -> Result<Option<DynamicImage>, DataError> {
     use jpeg_decoder::PixelFormat;
@@ -362,4 +391,30 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, DataError> {
 /// As [`load_rgb`], plus [`DataError::InvalidArgument`] for zero limits.
 pub fn load_rgb_with_limits(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DataError> {
     decode_oriented(path, limits, "an image file").map(to_rgb8)
+}
+
+/// [`load_rgb`] on an image held in memory (e.g. an HTTP upload): the same format sniffing,
+/// header size check against the process-wide [`DecodeLimits::global`], decoders, EXIF
+/// orientation and conversion to 8-bit RGB, so that the same bytes give the same pixels as the
+/// file. `name` stands for the file in error messages (e.g. the uploaded file name); its
+/// extension, if any, is only a fallback when the content is not recognised.
+///
+/// # Errors
+/// [`DataError::EmptyFile`] (no byte), [`DataError::UnsupportedFormat`], [`DataError::Decode`]
+/// (corrupt or truncated), [`DataError::TooLarge`], each naming `name`.
+pub fn load_rgb_from_bytes(name: &Path, bytes: &[u8]) -> Result<RgbImage, DataError> {
+    load_rgb_from_bytes_with_limits(name, bytes, &DecodeLimits::global())
+}
+
+/// [`load_rgb_from_bytes`] with explicit decode limits.
+///
+/// # Errors
+/// As [`load_rgb_from_bytes`], plus [`DataError::InvalidArgument`] for zero limits.
+pub fn load_rgb_from_bytes_with_limits(
+    name: &Path,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<RgbImage, DataError> {
+    limits.validate()?;
+    decode_from(name, limits, || open_bytes(name, bytes)).map(to_rgb8)
 }

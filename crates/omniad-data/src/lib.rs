@@ -30,7 +30,8 @@ mod resize;
 
 pub use dataset::{Dataset, DatasetKind, Label, LayoutSource, OpenOptions, Sample, Split};
 pub use decode::{
-    has_image_extension, image_size, load_rgb, load_rgb_with_limits, DecodeLimits, IMAGE_EXTENSIONS,
+    has_image_extension, image_size, load_rgb, load_rgb_from_bytes,
+    load_rgb_from_bytes_with_limits, load_rgb_with_limits, DecodeLimits, IMAGE_EXTENSIONS,
 };
 pub use error::DataError;
 pub use loader::{shuffled_indices, Batch, Loader, LoaderOptions};

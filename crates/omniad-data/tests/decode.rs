@@ -121,3 +121,45 @@ fn empty_mask_list_is_all_zero() {
     let m = load_mask(&[], Some((10, 10)), (3, 5)).unwrap();
     assert_eq!(m, vec![0u8; 15]);
 }
+
+#[test]
+fn bytes_decode_like_files() {
+    use omniad_data::{
+        load_rgb_from_bytes, load_rgb_from_bytes_with_limits, DataError, DecodeLimits,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, jpeg) in [("o.jpg", true), ("o.png", false)] {
+        let p = dir.path().join(name);
+        write_with_exif(&p, jpeg);
+        let bytes = std::fs::read(&p).unwrap();
+        let from_file = load_rgb(&p).unwrap();
+        // No extension: the format comes from the content alone.
+        let from_bytes = load_rgb_from_bytes(Path::new("upload"), &bytes).unwrap();
+        assert_eq!(from_bytes.dimensions(), (4, 8), "{name}: EXIF applied");
+        assert_eq!(from_bytes.as_raw(), from_file.as_raw(), "{name}");
+    }
+    let err = load_rgb_from_bytes(Path::new("u.png"), b"").unwrap_err();
+    assert!(matches!(err, DataError::EmptyFile { .. }), "{err}");
+    let err = load_rgb_from_bytes(Path::new("u.bin"), b"not an image at all").unwrap_err();
+    assert!(matches!(err, DataError::UnsupportedFormat { .. }), "{err}");
+    assert!(err.to_string().starts_with("u.bin: "), "{err}");
+    let png = std::fs::read(dir.path().join("o.png")).unwrap();
+    let err = load_rgb_from_bytes(Path::new("cut.png"), &png[..png.len() / 2]).unwrap_err();
+    assert!(matches!(err, DataError::Decode { .. }), "{err}");
+    let small = DecodeLimits {
+        max_width: 4,
+        max_height: 4,
+    };
+    let err = load_rgb_from_bytes_with_limits(Path::new("big.png"), &png, &small).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::TooLarge {
+                width: 8,
+                height: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -31,9 +31,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use omniad_data::{has_image_extension, load_rgb, preprocess_rgb};
+use image::{GrayImage, RgbImage};
+use omniad_data::{has_image_extension, load_rgb, preprocess_rgb, Preprocess};
 use omniad_metrics::normalise_score;
-use omniad_model::checkpoint::{self, Thresholds};
+use omniad_model::checkpoint::{self, CheckpointMeta, Thresholds};
+use omniad_model::OmniAd;
 use rayon::prelude::*;
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
@@ -244,19 +246,29 @@ fn prepare_out_dir(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The decision threshold: `opts.threshold`, else the calibrated per-class or global one.
-fn decision_threshold(
+/// The decision threshold: `threshold` if given (checked: finite and `>= 0`), else the
+/// calibrated threshold of `per_class`, else the calibrated global one (`None` when the run has
+/// no calibration). `ckpt` names the checkpoint in messages.
+///
+/// # Errors
+/// A negative or non-finite `threshold`; a `per_class` when the run has no calibrated thresholds
+/// or none for that class (the calibrated classes are listed).
+pub fn decision_threshold(
     stored: Option<&Thresholds>,
-    opts: &PredictOptions,
+    threshold: Option<f64>,
+    per_class: Option<&str>,
     ckpt: &Path,
 ) -> Result<Option<f64>> {
-    if let Some(t) = opts.threshold {
-        if let Some(c) = &opts.per_class {
-            tracing::info!("--threshold {t} overrides the calibrated threshold of class {c}");
+    if let Some(t) = threshold {
+        if !(t.is_finite() && t >= 0.0) {
+            bail!("threshold {t}: a decision threshold on the image score must be a finite number >= 0");
+        }
+        if let Some(c) = per_class {
+            tracing::info!("threshold {t} overrides the calibrated threshold of class {c}");
         }
         return Ok(Some(t));
     }
-    match &opts.per_class {
+    match per_class {
         Some(class) => {
             let Some(th) = stored else {
                 bail!(
@@ -282,6 +294,200 @@ fn decision_threshold(
         }
         None => Ok(stored.and_then(|t| t.global)),
     }
+}
+
+/// A run's model loaded once, scoring images already decoded to RGB: the one scoring path of
+/// [`predict_run`] and of `omniad serve`, so that both give bit-identical scores for the same
+/// pixels in the same batch.
+pub struct Scorer {
+    model: OmniAd,
+    pp: Preprocess,
+    ckpt: PathBuf,
+    meta: CheckpointMeta,
+}
+
+/// Scores and anomaly maps of one batch scored by [`Scorer::score`].
+pub struct Scored {
+    /// Image score of each image, in input order (maximum of its blurred anomaly map, `1 - cos`
+    /// units, in `[0, 2]` for a sound checkpoint; not checked for finiteness here).
+    pub scores: Vec<f64>,
+    /// `[B, H, W]` anomaly maps at the model's input size, on the model's device.
+    maps: Tensor,
+    /// The model's input size `(H, W)`, pixels.
+    size: (i64, i64),
+}
+
+impl Scored {
+    /// The anomaly map of image `j` upsampled bilinearly (`align_corners = false`) to
+    /// `width x height` pixels, row-major on the CPU.
+    ///
+    /// # Errors
+    /// `j` out of range, or a libtorch failure.
+    pub fn map_at(&self, j: usize, width: u32, height: u32) -> Result<Vec<f32>> {
+        if j >= self.scores.len() {
+            bail!("image {j} of a batch of {}", self.scores.len());
+        }
+        upsample(&self.maps.get(j as i64), self.size, (height, width))
+    }
+}
+
+impl Scorer {
+    /// Loads the checkpoint of the run folder `run` (completing or discarding an interrupted
+    /// save first, see [`checkpoint_of`]) on `device`.
+    ///
+    /// # Errors
+    /// An unknown or unavailable device, a run folder without a valid checkpoint, weights that
+    /// do not match their checksum or architecture, an invalid input preprocessing.
+    pub fn load(run: &Path, device: ComputeDevice) -> Result<Self> {
+        let device = device.open()?;
+        let ckpt = checkpoint_of(run)?;
+        Self::from_checkpoint(&ckpt, device)
+    }
+
+    /// Loads the checkpoint whose description file (`model.json`) is `ckpt` on `device`.
+    ///
+    /// # Errors
+    /// As [`Self::load`], after the run folder checks.
+    pub fn from_checkpoint(ckpt: &Path, device: Device) -> Result<Self> {
+        let (model, meta) = checkpoint::load(ckpt, device)?;
+        let pp = preprocess_for(&model.cfg);
+        pp.validate()?;
+        Ok(Self {
+            model,
+            pp,
+            ckpt: ckpt.to_path_buf(),
+            meta,
+        })
+    }
+
+    /// The checkpoint's description (architecture, thresholds, weights checksum, provenance).
+    pub fn meta(&self) -> &CheckpointMeta {
+        &self.meta
+    }
+
+    /// The checkpoint's description file (`model.json`).
+    pub fn checkpoint(&self) -> &Path {
+        &self.ckpt
+    }
+
+    /// The model's input size `(H, W)` in pixels (every image is resized to it).
+    pub fn input_size(&self) -> (u32, u32) {
+        self.pp.size
+    }
+
+    /// The decision threshold for a request: see [`decision_threshold`], with the run's
+    /// calibrated thresholds.
+    ///
+    /// # Errors
+    /// As [`decision_threshold`].
+    pub fn threshold(
+        &self,
+        threshold: Option<f64>,
+        per_class: Option<&str>,
+    ) -> Result<Option<f64>> {
+        decision_threshold(
+            self.meta.thresholds.as_ref(),
+            threshold,
+            per_class,
+            &self.ckpt,
+        )
+    }
+
+    /// The calibration's normalisation bounds of the image score, if any.
+    pub fn score_bounds(&self) -> Option<(f64, f64)> {
+        self.meta.thresholds.as_ref().and_then(|t| t.score_bounds)
+    }
+
+    /// Scores `images` (any sizes) in one forward pass `[B, 3, H, W]`: each is preprocessed as
+    /// in training ([`preprocess_rgb`] with [`preprocess_for`], in parallel) and scored by
+    /// [`OmniAd::predict`].
+    ///
+    /// # Errors
+    /// No image, or a libtorch failure (e.g. out of memory), as a message.
+    pub fn score(&self, images: &[RgbImage]) -> Result<Scored> {
+        if images.is_empty() {
+            bail!("no image to score");
+        }
+        let pp = &self.pp;
+        let inputs: Vec<Vec<f32>> = images
+            .par_iter()
+            .map(|img| preprocess_rgb(img, pp))
+            .collect();
+        let mut flat = Vec::with_capacity(images.len() * pp.tensor_len());
+        for x in &inputs {
+            flat.extend_from_slice(x);
+        }
+        drop(inputs);
+        let model = &self.model;
+        let pred = libtorch("forward pass", || {
+            model.predict(&images_tensor(&flat, images.len(), pp, model.device()))
+        })?;
+        let scores = Vec::<f32>::try_from(
+            pred.image_scores
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float),
+        )?;
+        Ok(Scored {
+            scores: scores.into_iter().map(f64::from).collect(),
+            maps: pred.anomaly_map,
+            size: (pp.size.0 as i64, pp.size.1 as i64),
+        })
+    }
+}
+
+/// The record of one scored image (no picture paths): decision and normalised score from
+/// `threshold` and the calibration `bounds`; `width x height` is the image's size.
+///
+/// # Errors
+/// A non-finite score (the message names `path` and the checkpoint `ckpt`, which may be damaged).
+pub fn make_record(
+    path: &Path,
+    score: f64,
+    threshold: Option<f64>,
+    bounds: Option<(f64, f64)>,
+    (width, height): (u32, u32),
+    ckpt: &Path,
+) -> Result<PredictRecord> {
+    if !score.is_finite() {
+        bail!(
+            "{}: the image score is {score} (not finite): the checkpoint {} may be damaged",
+            path.display(),
+            ckpt.display()
+        );
+    }
+    Ok(PredictRecord {
+        path: path.to_path_buf(),
+        image_score: score,
+        normalised_score: threshold.map(|t| normalise_score(score, t, bounds)),
+        threshold,
+        anomalous: threshold.map(|t| score >= t),
+        overlay: None,
+        mask: None,
+        width,
+        height,
+    })
+}
+
+/// The pictures of one image: the heatmap overlay (colour scale as in the module docs, `alpha`
+/// the colour map's weight in `[0, 1]`) and, with a threshold, the 0/255 binary mask, both at
+/// the image's size. `map` is the anomaly map upsampled to that size ([`Scored::map_at`]).
+///
+/// # Errors
+/// A map whose length is not the image's pixel count, or `alpha` outside `[0, 1]`.
+pub fn render(
+    img: &RgbImage,
+    map: &[f32],
+    threshold: Option<f64>,
+    alpha: f32,
+) -> Result<(RgbImage, Option<GrayImage>)> {
+    let (iw, ih) = img.dimensions();
+    let range = overlay::heatmap_range(map, threshold);
+    let picture = overlay::overlay(img, map, range, alpha)?;
+    let mask = match threshold {
+        Some(t) => Some(overlay::binary_mask(map, iw, ih, t)?),
+        None => None,
+    };
+    Ok((picture, mask))
 }
 
 fn validate(opts: &PredictOptions) -> Result<()> {
@@ -336,7 +542,12 @@ pub fn predict_run(
     }
     let stems = opts.out.as_deref().map(|out| output_stems(inputs, out));
     let meta = checkpoint::read_meta(&ckpt)?;
-    let threshold = decision_threshold(meta.thresholds.as_ref(), opts, &ckpt)?;
+    let threshold = decision_threshold(
+        meta.thresholds.as_ref(),
+        opts.threshold,
+        opts.per_class.as_deref(),
+        &ckpt,
+    )?;
     let bounds = meta.thresholds.as_ref().and_then(|t| t.score_bounds);
     if threshold.is_none() {
         tracing::warn!("{NO_THRESHOLD_HINT}");
@@ -345,67 +556,33 @@ pub fn predict_run(
         }
     }
 
-    let (model, _) = checkpoint::load(&ckpt, device)?;
-    let pp = preprocess_for(&model.cfg);
-    pp.validate()?;
-    let (h, w) = (pp.size.0 as i64, pp.size.1 as i64);
-
+    let scorer = Scorer::from_checkpoint(&ckpt, device)?;
     let mut records = Vec::with_capacity(inputs.len());
     for (chunk_no, chunk) in inputs.chunks(opts.batch_size).enumerate() {
-        let decoded: Vec<_> = chunk
-            .par_iter()
-            .map(|p| {
-                let img = load_rgb(p)?;
-                let x = preprocess_rgb(&img, &pp);
-                Ok::<_, omniad_data::DataError>((img, x))
-            })
-            .collect();
+        let decoded: Vec<_> = chunk.par_iter().map(|p| load_rgb(p)).collect();
         let mut images = Vec::with_capacity(chunk.len());
-        let mut flat = Vec::with_capacity(chunk.len() * pp.tensor_len());
         for item in decoded {
-            let (img, x) = item?;
-            flat.extend_from_slice(&x);
-            images.push(img);
+            images.push(item?);
         }
-        let pred = libtorch("forward pass", || {
-            model.predict(&images_tensor(&flat, chunk.len(), &pp, model.device()))
-        })?;
-        let scores = Vec::<f32>::try_from(
-            pred.image_scores
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float),
-        )?;
+        let scored = scorer.score(&images)?;
         for (j, (path, img)) in chunk.iter().zip(&images).enumerate() {
-            let score = f64::from(scores[j]);
-            if !score.is_finite() {
-                bail!(
-                    "{}: the image score is {score} (not finite): the checkpoint {} may be damaged",
-                    path.display(),
-                    ckpt.display()
-                );
-            }
-            let (iw, ih) = img.dimensions();
-            let mut record = PredictRecord {
-                path: path.clone(),
-                image_score: score,
-                normalised_score: threshold.map(|t| normalise_score(score, t, bounds)),
+            let mut record = make_record(
+                path,
+                scored.scores[j],
                 threshold,
-                anomalous: threshold.map(|t| score >= t),
-                overlay: None,
-                mask: None,
-                width: iw,
-                height: ih,
-            };
+                bounds,
+                img.dimensions(),
+                &ckpt,
+            )?;
             if let (Some(out), Some(stems)) = (&opts.out, &stems) {
                 let stem = &stems[chunk_no * opts.batch_size + j];
-                let map = upsample(&pred.anomaly_map.get(j as i64), (h, w), (ih, iw))?;
-                let range = overlay::heatmap_range(&map, threshold);
-                let picture = overlay::overlay(img, &map, range, opts.alpha)?;
+                let (iw, ih) = img.dimensions();
+                let map = scored.map_at(j, iw, ih)?;
+                let (picture, mask) = render(img, &map, threshold, opts.alpha)?;
                 let overlay_path = out.join(format!("{stem}_overlay.png"));
                 overlay::write_rgb_png(&overlay_path, &picture)?;
                 record.overlay = Some(overlay_path);
-                if let Some(t) = threshold {
-                    let mask = overlay::binary_mask(&map, iw, ih, t)?;
+                if let Some(mask) = mask {
                     let mask_path = out.join(format!("{stem}_mask.png"));
                     overlay::write_gray_png(&mask_path, &mask)?;
                     record.mask = Some(mask_path);
