@@ -178,6 +178,14 @@ fn startup_summary(
         1 => "checkpoint every epoch".to_string(),
         k => format!("checkpoint every {k} epochs"),
     };
+    let dropped = ds.train.len() % cfg.batch_size;
+    let dropped = if cfg.drop_last && dropped > 0 {
+        format!(
+            "; the last {dropped} images of each shuffled epoch do not fill a batch and are left out, as in the reference (--keep-last-batch keeps them)"
+        )
+    } else {
+        String::new()
+    };
     let decay = (0..cfg.epochs)
         .find(|&e| step_lr(1.0, e, cfg.epochs) < 1.0)
         .map_or("constant".to_string(), |e| {
@@ -203,7 +211,7 @@ fn startup_summary(
             trainable as f64 / 1e6
         ),
         format!(
-            "  schedule: {} epochs x {batches_per_epoch} steps (batch {}), AdamW lr {} ({decay}), {saves}",
+            "  schedule: {} epochs x {batches_per_epoch} steps (batch {}), AdamW lr {} ({decay}), {saves}{dropped}",
             cfg.epochs, cfg.batch_size, cfg.optim.lr
         ),
         format!(
