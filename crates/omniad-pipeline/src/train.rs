@@ -425,7 +425,9 @@ fn start_or_resume(
 fn teacher_floats_per_image(model: &OmniAd) -> Result<u64> {
     let (h, w) = model.cfg.image_size;
     let x = Tensor::f_zeros([1, 3, h as i64, w as i64], (Kind::Float, model.device()))?;
-    let feats = tch::no_grad(|| model.teacher_features(&x));
+    let feats = libtorch("teacher forward pass sizing the feature cache", || {
+        tch::no_grad(|| model.teacher_features(&x))
+    })?;
     Ok(feats.iter().map(|f| f.numel() as u64).sum())
 }
 
