@@ -109,17 +109,9 @@ pub(crate) fn one_class_reason(n_pos: u64, n_neg: u64, unit: &str) -> Option<Str
     }
 }
 
-/// Exact AUROC, AP and F1-max of `scores` against binary `labels`
-/// (`true` = anomalous), as scikit-learn's `roc_auc_score`,
-/// `average_precision_score` and the maximum F1 of `precision_recall_curve`.
-///
-/// Shapes: `scores` `[N]`, `labels` `[N]`. Metrics are
-/// [`MetricValue::Undefined`] when all labels are equal.
-///
-/// # Errors
-/// [`MetricsError::NonFiniteScore`] naming the first NaN or infinite score,
-/// [`MetricsError::ShapeMismatch`] when the lengths differ.
-pub fn binary_metrics(scores: &[f32], labels: &[bool]) -> Result<BinaryMetrics, MetricsError> {
+/// Checks image scores against their labels (same length, every score finite) and counts the
+/// anomalous and normal images: `(n_pos, n_neg)`.
+fn check_scores(scores: &[f32], labels: &[bool]) -> Result<(u64, u64), MetricsError> {
     if scores.len() != labels.len() {
         return Err(MetricsError::ShapeMismatch {
             a: "scores".into(),
@@ -133,6 +125,21 @@ pub fn binary_metrics(scores: &[f32], labels: &[bool]) -> Result<BinaryMetrics, 
     }
     let n_pos = labels.iter().filter(|&&l| l).count() as u64;
     let n_neg = labels.len() as u64 - n_pos;
+    Ok((n_pos, n_neg))
+}
+
+/// Exact AUROC, AP and F1-max of `scores` against binary `labels`
+/// (`true` = anomalous), as scikit-learn's `roc_auc_score`,
+/// `average_precision_score` and the maximum F1 of `precision_recall_curve`.
+///
+/// Shapes: `scores` `[N]`, `labels` `[N]`. Metrics are
+/// [`MetricValue::Undefined`] when all labels are equal.
+///
+/// # Errors
+/// [`MetricsError::NonFiniteScore`] naming the first NaN or infinite score,
+/// [`MetricsError::ShapeMismatch`] when the lengths differ.
+pub fn binary_metrics(scores: &[f32], labels: &[bool]) -> Result<BinaryMetrics, MetricsError> {
+    let (n_pos, n_neg) = check_scores(scores, labels)?;
     if let Some(reason) = one_class_reason(n_pos, n_neg, "image") {
         return Ok(BinaryMetrics::undefined(&reason));
     }
@@ -230,19 +237,7 @@ impl BinaryCurve {
 /// # Errors
 /// As [`binary_metrics`]: a NaN or infinite score (naming its index), different lengths.
 pub fn binary_curve(scores: &[f32], labels: &[bool]) -> Result<Option<BinaryCurve>, MetricsError> {
-    if scores.len() != labels.len() {
-        return Err(MetricsError::ShapeMismatch {
-            a: "scores".into(),
-            a_shape: vec![scores.len()],
-            b: "labels".into(),
-            b_shape: vec![labels.len()],
-        });
-    }
-    if let Some((index, &value)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
-        return Err(MetricsError::NonFiniteScore { index, value });
-    }
-    let n_pos = labels.iter().filter(|&&l| l).count() as u64;
-    let n_neg = labels.len() as u64 - n_pos;
+    let (n_pos, n_neg) = check_scores(scores, labels)?;
     if one_class_reason(n_pos, n_neg, "image").is_some() {
         return Ok(None);
     }

@@ -126,8 +126,11 @@ impl EvalResults {
     }
 
     /// The results as pretty JSON.
-    pub fn to_json_string(&self) -> String {
-        serde_json::to_string_pretty(self).expect("results serialise")
+    ///
+    /// # Errors
+    /// serde_json's error (it has no map with non-string keys, so none is expected).
+    pub fn to_json_string(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
     }
 }
 
@@ -150,7 +153,7 @@ mod tests {
             });
         }
         let p = dir.path().join("results.json");
-        std::fs::write(&p, r.to_json_string()).unwrap();
+        std::fs::write(&p, r.to_json_string().unwrap()).unwrap();
         let back = EvalResults::read(&p).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.classes(), vec!["a", "b"]);
@@ -158,6 +161,7 @@ mod tests {
         std::fs::write(
             &p,
             r.to_json_string()
+                .unwrap()
                 .replace("\"version\": 1", "\"version\": 7"),
         )
         .unwrap();

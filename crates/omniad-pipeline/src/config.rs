@@ -7,30 +7,8 @@ use omniad_model::{OmniAdConfig, TeacherArch};
 use serde::{Deserialize, Serialize};
 
 use crate::device::ComputeDevice;
+pub use crate::feature_cache::FeatureCache;
 use crate::optim::AdamWConfig;
-
-/// Where teacher features of training images are kept between epochs (see
-/// [`crate::feature_cache`]).
-///
-/// The teacher is frozen and training uses no augmentation, so its features are a pure
-/// function of the image: computed once and reused every epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum FeatureCache {
-    /// Memory (f32) when the cache fits the memory budget, else a memory-mapped file in the run
-    /// folder, else none: decided before training from the estimated size; all three train
-    /// bit-identically.
-    #[default]
-    Auto,
-    /// In memory as f32 (bit-identical to recomputing them).
-    Memory,
-    /// A memory-mapped f32 file in the run folder (bit-identical; for caches larger than memory).
-    Disk,
-    /// In memory as f16 (half the memory; loss parity within 1e-3).
-    MemoryF16,
-    /// No cache: images are decoded and the teacher runs at every step (the reference trainer).
-    None,
-}
 
 /// The training data: which dataset and how it is read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -337,7 +337,7 @@ pub fn eval_run(
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     omniad_io::write_atomic(&paths.metrics_csv, report_csv(&out.report).as_bytes())?;
-    omniad_io::write_atomic(&paths.results, out.results.to_json_string().as_bytes())?;
+    omniad_io::write_atomic(&paths.results, out.results.to_json_string()?.as_bytes())?;
     meta.thresholds = Some(merge_thresholds(meta.thresholds.take(), &out.thresholds));
     checkpoint::write_meta(&ckpt, &meta)?;
     Ok(out)

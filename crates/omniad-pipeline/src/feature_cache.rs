@@ -24,10 +24,33 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::FeatureCache;
+use serde::{Deserialize, Serialize};
+
+/// Where teacher features of training images are kept between epochs (see the module
+/// documentation).
+///
+/// The teacher is frozen and training uses no augmentation, so its features are a pure
+/// function of the image: computed once and reused every epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureCache {
+    /// Memory (f32) when the cache fits the memory budget, else a memory-mapped file in the run
+    /// folder, else none: decided before training from the estimated size; all three train
+    /// bit-identically.
+    #[default]
+    Auto,
+    /// In memory as f32 (bit-identical to recomputing them).
+    Memory,
+    /// A memory-mapped f32 file in the run folder (bit-identical; for caches larger than memory).
+    Disk,
+    /// In memory as f16 (half the memory; loss parity within 1e-3).
+    MemoryF16,
+    /// No cache: images are decoded and the teacher runs at every step (the reference trainer).
+    None,
+}
 
 /// Name of the disk cache inside the run folder (a leftover of a killed run is removed at the next
-/// start, see [`crate::runs::recover_run_dir`]).
+/// start, by the run folder recovery of `runs.rs`).
 pub const DISK_CACHE_FILE: &str = ".feature-cache.f32";
 
 /// Where the cache of a training lives, and why.

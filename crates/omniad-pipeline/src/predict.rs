@@ -260,9 +260,7 @@ pub fn decision_threshold(
     ckpt: &Path,
 ) -> Result<Option<f64>> {
     if let Some(t) = threshold {
-        if !(t.is_finite() && t >= 0.0) {
-            bail!("threshold {t}: a decision threshold on the image score must be a finite number >= 0");
-        }
+        check_threshold(t)?;
         if let Some(c) = per_class {
             tracing::info!("threshold {t} overrides the calibrated threshold of class {c}");
         }
@@ -294,6 +292,17 @@ pub fn decision_threshold(
         }
         None => Ok(stored.and_then(|t| t.global)),
     }
+}
+
+/// Refuses a decision threshold that is negative or not a finite number (image scores are
+/// `>= 0`).
+fn check_threshold(t: f64) -> Result<()> {
+    if !(t.is_finite() && t >= 0.0) {
+        bail!(
+            "threshold {t}: a decision threshold on the image score must be a finite number >= 0"
+        );
+    }
+    Ok(())
 }
 
 /// A run's model loaded once, scoring images already decoded to RGB: the one scoring path of
@@ -498,9 +507,7 @@ fn validate(opts: &PredictOptions) -> Result<()> {
         bail!("overlay alpha {} must be in [0, 1]", opts.alpha);
     }
     if let Some(t) = opts.threshold {
-        if !(t.is_finite() && t >= 0.0) {
-            bail!("threshold {t}: a decision threshold on the image score must be a finite number >= 0");
-        }
+        check_threshold(t)?;
     }
     Ok(())
 }

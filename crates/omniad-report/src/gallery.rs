@@ -76,7 +76,7 @@ pub fn select(items: &[(f32, bool)], threshold: f64, budget: usize) -> Vec<(usiz
     picked
 }
 
-fn data_uri(img: DynamicImage, format: ImageFormat) -> String {
+fn data_uri(img: DynamicImage, format: ImageFormat) -> Result<String, String> {
     let mut bytes = Vec::new();
     let mime = match format {
         ImageFormat::Jpeg => "image/jpeg",
@@ -88,11 +88,11 @@ fn data_uri(img: DynamicImage, format: ImageFormat) -> String {
         _ => img,
     };
     img.write_to(&mut Cursor::new(&mut bytes), format)
-        .expect("encoding an in-memory thumbnail cannot fail");
-    format!(
+        .map_err(|e| format!("{mime} of {}x{} pixels: {e}", img.width(), img.height()))?;
+    Ok(format!(
         "data:{mime};base64,{}",
         base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
+    ))
 }
 
 /// The input image as a `size x size` JPEG `data:` URI.
@@ -102,11 +102,14 @@ fn data_uri(img: DynamicImage, format: ImageFormat) -> String {
 pub fn image_thumbnail(path: &Path, size: u32) -> Result<String, String> {
     let img = image::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let img = img.resize_exact(size, size, FilterType::Triangle);
-    Ok(data_uri(img, ImageFormat::Jpeg))
+    data_uri(img, ImageFormat::Jpeg).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A 0/1 mask (`h x w`) as a `size x size` black/white PNG `data:` URI (nearest neighbour).
-pub fn mask_thumbnail(mask: &[u8], h: usize, w: usize, size: u32) -> String {
+///
+/// # Errors
+/// The PNG encoder's message (e.g. for a size of 0).
+pub fn mask_thumbnail(mask: &[u8], h: usize, w: usize, size: u32) -> Result<String, String> {
     let g = GrayImage::from_fn(w as u32, h as u32, |x, y| {
         image::Luma([if mask[y as usize * w + x as usize] != 0 {
             255
@@ -119,20 +122,32 @@ pub fn mask_thumbnail(mask: &[u8], h: usize, w: usize, size: u32) -> String {
 }
 
 /// The predicted mask `map >= threshold` as a PNG `data:` URI.
+///
+/// # Errors
+/// As [`mask_thumbnail`].
 pub fn predicted_mask_thumbnail(
     map: &[f32],
     h: usize,
     w: usize,
     threshold: f64,
     size: u32,
-) -> String {
+) -> Result<String, String> {
     let m: Vec<u8> = map.iter().map(|&v| (v as f64 >= threshold) as u8).collect();
     mask_thumbnail(&m, h, w, size)
 }
 
 /// The anomaly map in the Turbo colour map over `[0, 2 * threshold]` (the threshold is the
 /// middle colour, as in `omniad predict`'s overlays), as a JPEG `data:` URI.
-pub fn map_thumbnail(map: &[f32], h: usize, w: usize, threshold: f64, size: u32) -> String {
+///
+/// # Errors
+/// The JPEG encoder's message (e.g. for a size of 0).
+pub fn map_thumbnail(
+    map: &[f32],
+    h: usize,
+    w: usize,
+    threshold: f64,
+    size: u32,
+) -> Result<String, String> {
     let hi = (2.0 * threshold).max(f64::MIN_POSITIVE);
     let img = RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let v = map[y as usize * w + x as usize] as f64;
@@ -190,13 +205,13 @@ mod tests {
             image::load_from_memory(&bytes).unwrap()
         };
         let mask = [0u8, 1, 1, 0, 0, 0];
-        let m = decode(&mask_thumbnail(&mask, 2, 3, 48));
+        let m = decode(&mask_thumbnail(&mask, 2, 3, 48).unwrap());
         assert_eq!((m.width(), m.height()), (48, 48));
         let map = [0.0f32, 0.2, 0.4, 0.6, 0.8, 1.0];
-        let uri = map_thumbnail(&map, 2, 3, 0.5, 40);
+        let uri = map_thumbnail(&map, 2, 3, 0.5, 40).unwrap();
         assert!(uri.starts_with("data:image/jpeg;base64,"));
         assert_eq!(decode(&uri).width(), 40);
-        let p = decode(&predicted_mask_thumbnail(&map, 2, 3, 0.5, 30)).to_luma8();
+        let p = decode(&predicted_mask_thumbnail(&map, 2, 3, 0.5, 30).unwrap()).to_luma8();
         assert_eq!(p.get_pixel(0, 0)[0], 0);
         assert_eq!(p.get_pixel(29, 29)[0], 255);
         let e = image_thumbnail(Path::new("no/such.png"), 32).unwrap_err();

@@ -78,6 +78,9 @@ pub enum ReportError {
     /// A chart could not be drawn.
     #[error("cannot draw a chart: {0}")]
     Chart(String),
+    /// A gallery thumbnail could not be encoded.
+    #[error("cannot encode a gallery thumbnail: {0}")]
+    Thumbnail(String),
     /// The page template failed.
     #[error("cannot render the report page: {0}")]
     Template(String),
@@ -718,15 +721,18 @@ fn class_section(
                 defect: r.defect.clone(),
                 image,
                 image_error,
-                ground_truth: gallery::mask_thumbnail(m.mask(k), m.h, m.w, opts.thumb_size),
-                map: gallery::map_thumbnail(m.map(k), m.h, m.w, threshold, opts.thumb_size),
+                ground_truth: gallery::mask_thumbnail(m.mask(k), m.h, m.w, opts.thumb_size)
+                    .map_err(ReportError::Thumbnail)?,
+                map: gallery::map_thumbnail(m.map(k), m.h, m.w, threshold, opts.thumb_size)
+                    .map_err(ReportError::Thumbnail)?,
                 predicted: gallery::predicted_mask_thumbnail(
                     m.map(k),
                     m.h,
                     m.w,
                     threshold,
                     opts.thumb_size,
-                ),
+                )
+                .map_err(ReportError::Thumbnail)?,
             });
         }
         if gallery_out.is_empty() && opts.thumbs_per_class > 0 {

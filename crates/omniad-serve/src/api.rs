@@ -579,7 +579,7 @@ async fn predict(
 
     match answer {
         Answer::Json if multipart => Ok(Json(records).into_response()),
-        Answer::Json => Ok(Json(records.into_iter().next().expect("one image")).into_response()),
+        Answer::Json => Ok(Json(only_one(records)?).into_response()),
         Answer::JsonImages => {
             let alpha = st.opts.alpha;
             let out = blocking(move || {
@@ -601,16 +601,22 @@ async fn predict(
             if multipart {
                 Ok(Json(out).into_response())
             } else {
-                Ok(Json(out.into_iter().next().expect("one image")).into_response())
+                Ok(Json(only_one(out)?).into_response())
             }
         }
         Answer::Overlay | Answer::Mask => {
-            let record = records.into_iter().next().expect("one image");
-            let s = scored.into_iter().next().expect("one image");
+            let record = only_one(records)?;
+            let s = only_one(scored)?;
             let alpha = st.opts.alpha;
             let (overlay, mask) = blocking(move || pictures(&s, threshold, alpha)).await?;
             let png = if answer == Answer::Mask {
-                mask.expect("a threshold was checked for masks")
+                mask.ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "threshold",
+                        "return=mask needs a decision threshold: pass threshold= or calibrate the run with `omniad eval`".to_string(),
+                    )
+                })?
             } else {
                 overlay
             };
@@ -822,4 +828,19 @@ fn encode_png(
         .write_image(raw, w, h, color)
         .map_err(|e| format!("cannot encode the PNG: {e}"))?;
     Ok(buf)
+}
+
+/// The single item of a one-image request's results; a server error (naming the count) if the
+/// request's images and results ever disagree.
+fn only_one<T>(items: Vec<T>) -> Result<T, ApiError> {
+    let n = items.len();
+    let mut it = items.into_iter();
+    match (it.next(), it.next()) {
+        (Some(x), None) => Ok(x),
+        _ => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "inference",
+            format!("expected the result of one image, got {n}"),
+        )),
+    }
 }

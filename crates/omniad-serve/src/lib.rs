@@ -179,7 +179,11 @@ pub async fn serve(
     tracing::info!("listening on http://{addr}");
     loop {
         let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => p.expect("semaphore never closed"),
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                // Only a closed semaphore fails, and nothing closes it: stop serving if it does.
+                Err(_) => break,
+            },
             _ = stop_rx.changed() => break,
         };
         let (stream, peer) = tokio::select! {

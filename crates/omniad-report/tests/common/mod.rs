@@ -178,7 +178,11 @@ pub fn make_run(classes: &[(&str, usize, usize)], with_maps: bool) -> Fixture {
         serde_json::to_string_pretty(&metrics).unwrap(),
     )
     .unwrap();
-    std::fs::write(run.join("results.json"), results.to_json_string()).unwrap();
+    std::fs::write(
+        run.join("results.json"),
+        results.to_json_string().expect("JSON"),
+    )
+    .unwrap();
     let meta = CheckpointMeta {
         format: FORMAT.into(),
         version: VERSION,
