@@ -4,9 +4,10 @@
 //
 //   node --experimental-websocket scripts/page_check.mjs URL IMAGE OUT.png
 //
-// URL: a running `omniad serve` (e.g. http://127.0.0.1:18080/). Needs `chromium` on the PATH
-// (Debian package) and Node >= 20.10. Exits non-zero if the verdict or the overlay do not appear
-// within 60 s.
+// URL: a running `omniad serve` (e.g. http://127.0.0.1:18080/). Needs Chromium (Debian package
+// `chromium`; another binary via OMNIAD_CHROMIUM) and Node >= 20.10. Prints the page's state as
+// one JSON line (verdict, status text, image labels). Exits non-zero if the verdict or the
+// overlay do not appear within 60 s.
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -19,7 +20,7 @@ if (!url || !image || !out) {
 }
 const profile = mkdtempSync(join(tmpdir(), "omniad-chromium-"));
 const port = 9300 + Math.floor(Math.random() * 500);
-const browser = spawn("chromium", [
+const browser = spawn(process.env.OMNIAD_CHROMIUM || "chromium", [
   "--headless=new", "--no-sandbox", "--disable-gpu", `--remote-debugging-port=${port}`,
   `--user-data-dir=${profile}`, "--window-size=1100,800", "about:blank",
 ], { stdio: "ignore" });
@@ -70,7 +71,7 @@ try {
       const v = document.getElementById('verdict');
       const imgs = [...document.querySelectorAll('.images img')];
       const err = document.querySelector('.error');
-      return { verdict: v && v.textContent, images: imgs.map((i) => i.alt),
+      return { verdict: v && v.textContent, status: v && v.parentElement.textContent, images: imgs.map((i) => i.alt),
                loaded: imgs.every((i) => i.complete && i.naturalWidth > 0),
                error: err && err.textContent, model: document.getElementById('model').textContent };
     })()`);

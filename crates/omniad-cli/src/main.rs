@@ -46,8 +46,10 @@ enum Command {
     Synth(SynthArgs),
     /// Train one Omni-AD model on all classes of a dataset.
     Train(Box<TrainArgs>),
-    /// Evaluate a run on a test split: metrics per class and mean, thresholds.
+    /// Evaluate a run on a test split: metrics, operating point at the stored thresholds, class recognition.
     Eval(EvalArgs),
+    /// Fit a run's image thresholds on labelled test images (f1, fpr:RATE or quantile:Q).
+    Calibrate(CalibrateArgs),
     /// Score images with a trained run: JSON lines, heatmap overlays, masks.
     Predict(PredictArgs),
     /// Write the HTML evaluation report of an evaluated run (one self-contained file).
@@ -183,6 +185,21 @@ struct TrainArgs {
     /// reference's data loader does, so that every step sees --batch-size images).
     #[arg(long)]
     keep_last_batch: bool,
+    /// Share of each class's normal training images held out (never trained on) to fit class
+    /// recognition margins and the per-class thresholds at the end of training; at least 3 per
+    /// class, at most half; 0 = none. A layout's own validation folder (MVTec LOCO
+    /// `validation/good`) is used instead when present [default: 0.1].
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Quantile of the held-out images' image scores used as each class's image threshold;
+    /// the expected false-alarm rate on new normal images is about 1 - Q (with n held-out
+    /// images and Q > n/(n+1) the threshold is their maximum: about 1/(n+1)) [default: 0.995].
+    #[arg(long)]
+    image_quantile: Option<f64>,
+    /// Quantile of the held-out images' anomaly-map pixels used as each class's pixel (mask)
+    /// threshold [default: 0.999].
+    #[arg(long)]
+    pixel_quantile: Option<f64>,
     /// Continue the run in --out from its last checkpoint (its config.toml is used).
     #[arg(long)]
     resume: bool,
@@ -227,6 +244,57 @@ struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
+struct CalibrateArgs {
+    /// Run folder (with model.json); its thresholds are replaced for the classes calibrated.
+    #[arg(long)]
+    run: PathBuf,
+    /// Dataset layout (default: the one the run was trained on).
+    #[arg(long)]
+    dataset: Option<DatasetKind>,
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+    /// f1 (largest F1 on normal and anomalous images), fpr:RATE (false-alarm rate on the normal
+    /// images at most RATE, e.g. fpr:0.01) or quantile:Q (quantile Q of the normal scores).
+    #[arg(long)]
+    method: omniad_pipeline::calibrate::Method,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: ComputeDevice,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+}
+
+fn calibrate_cmd(a: CalibrateArgs) -> Result<()> {
+    let ds = dataset_for_run(
+        &a.run,
+        a.dataset,
+        a.data_root.as_deref(),
+        a.classes.as_deref(),
+    )?;
+    let opts = EvalOptions {
+        batch_size: a.batch_size as usize,
+        progress: true,
+        ..Default::default()
+    };
+    let out = omniad_pipeline::eval::calibrate_run(&a.run, &ds, a.device, a.method, &opts)?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", serde_json::to_string_pretty(&out.fitted)?);
+    eprintln!(
+        "fitted by {} on the {}; stored in {}",
+        a.method,
+        out.fitted.fitted_on,
+        a.run.join("model.json").display()
+    );
+    eprint!("{}", operating_table(&out.points));
+    eprintln!("(measured on the images the thresholds were fitted on: an optimistic estimate)");
+    Ok(())
+}
+
+#[derive(Args, Debug)]
 struct PredictArgs {
     /// Run folder (with model.json).
     #[arg(long)]
@@ -237,10 +305,12 @@ struct PredictArgs {
     /// Write heatmap overlays and masks here.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Decision threshold on the image score (default: the calibrated one).
+    /// Decision threshold on the image score and the mask (default: the class's calibrated
+    /// thresholds).
     #[arg(long, allow_negative_numbers = true)]
     threshold: Option<f64>,
-    /// Use this class's calibrated threshold.
+    /// The class of every image (default: recognised per image from the teacher's features;
+    /// an image of no trained class is reported `unknown_class` and gets no decision).
     #[arg(long)]
     class: Option<String>,
     /// Device: cpu, cuda, cuda:N.
@@ -450,6 +520,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Synth(a) => synth(a),
         Command::Train(a) => train_cmd(*a),
         Command::Eval(a) => eval_cmd(a),
+        Command::Calibrate(a) => calibrate_cmd(a),
         Command::Predict(a) => predict_cmd(a),
         Command::Report(a) => report_cmd(a),
         Command::Metrics(a) => metrics_cmd(a),
@@ -503,6 +574,10 @@ fn demo(a: DemoArgs) -> Result<()> {
     eprintln!("omniad demo — {}", cfg.describe());
     let out = run_demo(&cfg)?;
     println!("{}", out.eval.report.to_table());
+    println!("{}", operating_table(&out.eval.operating_points));
+    if let Some(r) = &out.eval.recognition {
+        println!("{}", recognition_table(r));
+    }
     for w in &out.eval.warnings {
         eprintln!("warning: {w}");
     }
@@ -528,10 +603,10 @@ fn demo(a: DemoArgs) -> Result<()> {
         out.maps_dir.display()
     );
     println!(
-        "heatmaps: omniad predict --run {} --out {} {}",
+        "heatmaps: omniad predict --run {} --out {} {}  (each image's class is recognised)",
         out.run_dir.display(),
         out.run_dir.join("heatmaps").display(),
-        out.data_dir.join("<class>/test").display()
+        out.data_dir.join("*/test").display()
     );
     let report = default_output(&out.run_dir);
     report_to(&out.run_dir, &report, &ReportOptions::default())?;
@@ -587,6 +662,9 @@ impl TrainArgs {
                 ("--eval-every", self.eval_every.is_some()),
                 ("--save-every", self.save_every.is_some()),
                 ("--keep-last-batch", self.keep_last_batch),
+                ("--val-fraction", self.val_fraction.is_some()),
+                ("--image-quantile", self.image_quantile.is_some()),
+                ("--pixel-quantile", self.pixel_quantile.is_some()),
             ]
             .into_iter()
             .filter_map(|(name, given)| given.then_some(name))
@@ -629,6 +707,9 @@ impl TrainArgs {
             self.feature_cache => cfg.feature_cache,
             self.eval_every => cfg.eval_every,
             self.save_every => cfg.save_every,
+            self.val_fraction => cfg.calibration.val_fraction,
+            self.image_quantile => cfg.calibration.image_quantile,
+            self.pixel_quantile => cfg.calibration.pixel_quantile,
         );
         if self.keep_last_batch {
             cfg.drop_last = false;
@@ -706,14 +787,28 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         },
     )?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
     if !quiet && !outcome.interrupted {
         eprintln!(
-            "done: {} epochs, {} steps, last epoch's mean loss {:.5}, {:.1} images/s; checkpoint {}\nnext: omniad eval --run {}",
+            "done: {} epochs, {} steps, last epoch's mean loss {:.5}, {:.1} images/s; checkpoint {}",
             outcome.epochs_done,
             outcome.steps,
             outcome.last_loss,
             outcome.images_per_sec,
             outcome.checkpoint.display(),
+        );
+        if let Some(t) = &outcome.thresholds {
+            eprintln!(
+                "thresholds: fitted on {} ({}); class recognition for {} classes",
+                t.fitted_on,
+                t.method,
+                outcome.recognition.len()
+            );
+        }
+        eprintln!(
+            "next: omniad eval --run {0}\n      omniad predict --run {0} IMAGES... --out OUT   (the class of each image is recognised)",
             outcome.run_dir.display()
         );
     }
@@ -790,11 +885,18 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out.report.to_json())?);
+        let mut json = out.report.to_json();
+        json["operating_points"] = serde_json::to_value(&out.operating_points)?;
+        json["recognition"] = serde_json::to_value(&out.recognition)?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("{}", out.report.to_table());
+        println!("{}", operating_table(&out.operating_points));
+        if let Some(r) = &out.recognition {
+            println!("{}", recognition_table(r));
+        }
         println!(
-            "metrics: {} and metrics.csv; thresholds stored in model.json",
+            "metrics: {} and metrics.csv (thresholds unchanged: `omniad calibrate` fits them on labelled images)",
             a.run.join("metrics.json").display()
         );
     }
@@ -809,6 +911,63 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The operating point per class at the stored thresholds, as a text table.
+fn operating_table(points: &[omniad_pipeline::eval::ClassOperatingPoint]) -> String {
+    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{:.1}", 100.0 * x));
+    let mut out = String::from(
+        "operating point at the stored thresholds (anomalous = image score >= threshold)\n\
+         class                 threshold (source)       TP    FP    TN    FN  precision  recall  false alarms\n",
+    );
+    if points.is_empty() {
+        out.push_str("  (no stored threshold)\n");
+    }
+    for p in points {
+        let o = &p.point;
+        out.push_str(&format!(
+            "{:<20} {:>10.5} ({:<6}) {:>8} {:>5} {:>5} {:>5} {:>9}% {:>6}% {:>12}%\n",
+            p.class,
+            o.threshold,
+            p.threshold_source,
+            o.tp,
+            o.fp,
+            o.tn,
+            o.fn_,
+            pct(o.precision),
+            pct(o.recall),
+            pct(o.false_alarm_rate)
+        ));
+    }
+    out
+}
+
+/// Class recognition per test class, as a text table.
+fn recognition_table(
+    r: &std::collections::BTreeMap<String, omniad_pipeline::eval::RecognitionCounts>,
+) -> String {
+    let mut out = String::from(
+        "class recognition (without --class)\n\
+         class                 images  correct  wrong  unknown  (anomalous: correct/all)\n",
+    );
+    for (class, c) in r {
+        out.push_str(&format!(
+            "{:<20} {:>7} {:>8} {:>6} {:>8}  ({}/{}){}\n",
+            class,
+            c.images,
+            c.correct,
+            c.wrong,
+            c.unknown,
+            c.anomalous_correct,
+            c.anomalous,
+            if c.trained {
+                ""
+            } else {
+                "  not trained: unknown is right"
+            }
+        ));
+    }
+    out
 }
 
 #[derive(Args, Debug)]

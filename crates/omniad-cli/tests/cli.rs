@@ -71,7 +71,15 @@ fn end_to_end_tiny_run() {
     assert_eq!(meta["config"]["image_size"], serde_json::json!([64, 64]));
     assert_eq!(meta["config"]["teacher"], "efficientnet_lite0");
     assert_eq!(meta["config"]["depths"], serde_json::json!([1, 1, 1, 1]));
-    assert!(meta["thresholds"].is_null(), "not calibrated before eval");
+    assert!(
+        meta["thresholds"].is_null(),
+        "no held-out images (--val-fraction 0), so no thresholds: {meta}"
+    );
+    assert_eq!(
+        meta["recognition"]["classes"],
+        serde_json::json!(["screw", "woven"]),
+        "class recognition fitted: {meta}"
+    );
 
     // eval (with maps for `omniad metrics`)
     let stdout = ok(&["eval", "--run", p(&run_dir), "--save-maps"]);
@@ -112,7 +120,23 @@ fn end_to_end_tiny_run() {
     assert_eq!(rows[3][0], "mean");
     let csv_auroc: f64 = rows[1][auroc_col].parse().expect("number");
     assert!((csv_auroc - classes[0]["image_auroc"].as_f64().unwrap()).abs() < 1e-6);
+    // eval never changes the thresholds; `omniad calibrate` fits them on the labelled images
+    assert!(json_file(&run_dir.join("model.json"))["thresholds"].is_null());
+    assert!(
+        stdout.contains("operating point") && stdout.contains("(no stored threshold)"),
+        "{stdout}"
+    );
+    let printed = ok(&["calibrate", "--run", p(&run_dir), "--method", "f1"]);
+    let fitted: serde_json::Value = serde_json::from_str(&printed).expect("calibrate prints JSON");
+    assert!(
+        fitted["fitted_on"]
+            .as_str()
+            .unwrap()
+            .contains("8 images (4 normal, 4 anomalous)"),
+        "{fitted}"
+    );
     let meta = json_file(&run_dir.join("model.json"));
+    assert_eq!(meta["thresholds"], fitted, "stored as printed");
     let global = meta["thresholds"]["global"]
         .as_f64()
         .expect("global threshold stored");
@@ -210,16 +234,38 @@ fn end_to_end_tiny_run() {
         let path = PathBuf::from(r["path"].as_str().expect("path"));
         let score = r["image_score"].as_f64().expect("image_score");
         assert!(score > 0.0 && score <= 2.0, "{r}");
-        assert_eq!(
-            r["threshold"].as_f64(),
-            Some(global),
-            "calibrated threshold used: {r}"
-        );
-        assert_eq!(r["anomalous"].as_bool(), Some(score >= global), "{r}");
+        assert_eq!(r["class"], "woven", "recognised: {r}");
+        assert_eq!(r["class_source"], "recognised", "{r}");
         let (w, h) = image::image_dimensions(&path).expect("input size");
         assert_eq!(
             (r["width"].as_u64(), r["height"].as_u64()),
             (Some(w as u64), Some(h as u64))
+        );
+        if path == odd {
+            // squeezed from 64x64 to 97x31: farther from woven than any woven training image
+            // (all 4 of them), so not judged: no threshold, no decision, no mask
+            assert_eq!(r["unknown_class"], true, "{r}");
+            for key in ["threshold", "anomalous", "normalised_score", "mask"] {
+                assert!(r[key].is_null(), "{key}: {r}");
+            }
+            let f = PathBuf::from(r["overlay"].as_str().expect("overlay"));
+            assert_eq!(image::image_dimensions(&f).expect("PNG written"), (97, 31));
+            continue;
+        }
+        assert_eq!(r["unknown_class"], false, "{r}");
+        let t = meta["thresholds"]["per_class"]["woven"]
+            .as_f64()
+            .expect("woven threshold");
+        assert_eq!(
+            r["threshold"].as_f64(),
+            Some(t),
+            "the class's threshold used: {r}"
+        );
+        assert_eq!(r["anomalous"].as_bool(), Some(score >= t), "{r}");
+        let n = r["normalised_score"].as_f64().expect("normalised");
+        assert!(
+            (n - (score / (2.0 * t)).clamp(0.0, 1.0)).abs() < 1e-12,
+            "{r}"
         );
         for key in ["overlay", "mask"] {
             let f = PathBuf::from(r[key].as_str().unwrap_or_else(|| panic!("{key}: {r}")));
@@ -230,11 +276,7 @@ fn end_to_end_tiny_run() {
                 "{key} has the input's size"
             );
         }
-        if path == odd {
-            assert_eq!((w, h), (97, 31));
-        } else {
-            folder_scores.push(score);
-        }
+        folder_scores.push(score);
     }
     assert!(
         names_in(&heat).iter().all(|f| !f.starts_with('.')),

@@ -208,6 +208,12 @@ pub struct Dataset {
     pub classes: Vec<String>,
     /// Training samples, class-major (in `classes` order), then by path.
     pub train: Vec<Sample>,
+    /// Normal images the layout itself holds out for validation (MVTec LOCO
+    /// `validation/good`; empty for the other layouts), class-major. `omniad train` calibrates
+    /// its thresholds on them instead of holding out a share of `train`. Their
+    /// [`Sample::split`] is [`Split::Train`].
+    #[serde(default)]
+    pub validation: Vec<Sample>,
     /// Test samples, class-major (in `classes` order), then by path.
     pub test: Vec<Sample>,
     /// True when every anomalous test image has a ground-truth mask, so pixel

@@ -219,6 +219,7 @@ pub fn open_dataset(
         root: root.to_path_buf(),
         classes: listing.classes,
         train: listing.train,
+        validation: listing.validation,
         test: listing.test,
         has_masks,
         source,

@@ -277,7 +277,16 @@ fn loco_uses_validation_and_unites_masks() {
     );
     assert_eq!(DatasetKind::detect(dir.path()).unwrap(), DatasetKind::Loco);
     let ds = open(DatasetKind::Loco, dir.path());
-    assert_eq!(ds.train.len(), 2, "train/good + validation/good");
+    assert_eq!(ds.train.len(), 1, "train/good");
+    assert_eq!(
+        ds.validation.len(),
+        1,
+        "validation/good is held out for validation"
+    );
+    assert!(ds.validation[0]
+        .image
+        .ends_with("juice_bottle/validation/good/000.png"));
+    assert_eq!(ds.validation[0].class, "juice_bottle");
     assert_eq!(ds.test.len(), 3);
     let logical = ds
         .test

@@ -89,4 +89,6 @@ pub use pixel::pro_curve;
 pub use report::{ClassReport, MeanValue, Metric, MetricValue, Report};
 pub use results::{EvalResults, ImageResult};
 pub use synthetic::{bench_synthetic, BenchResult, SyntheticSet};
-pub use thresholds::{f1_optimal_threshold, normalise_score, quantile};
+pub use thresholds::{
+    f1_optimal_threshold, normalise_score, operating_point, quantile, OperatingPoint,
+};

@@ -56,6 +56,52 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
     Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
 }
 
+/// The confusion counts and rates of the decision `score >= threshold` on labelled images.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OperatingPoint {
+    /// The threshold on the image score.
+    pub threshold: f64,
+    /// Anomalous images flagged.
+    pub tp: u64,
+    /// Normal images flagged (false alarms).
+    pub fp: u64,
+    /// Normal images passed.
+    pub tn: u64,
+    /// Anomalous images passed (missed).
+    #[serde(rename = "fn")]
+    pub fn_: u64,
+    /// `tp / (tp + fp)`; `None` when nothing is flagged.
+    pub precision: Option<f64>,
+    /// `tp / (tp + fn)`; `None` without anomalous images.
+    pub recall: Option<f64>,
+    /// `fp / (fp + tn)`; `None` without normal images.
+    pub false_alarm_rate: Option<f64>,
+}
+
+/// The operating point of `score >= threshold` over `(score, anomalous)` pairs.
+pub fn operating_point(pairs: &[(f64, bool)], threshold: f64) -> OperatingPoint {
+    let (mut tp, mut fp, mut tn, mut fn_) = (0u64, 0u64, 0u64, 0u64);
+    for &(s, l) in pairs {
+        match (s >= threshold, l) {
+            (true, true) => tp += 1,
+            (true, false) => fp += 1,
+            (false, false) => tn += 1,
+            (false, true) => fn_ += 1,
+        }
+    }
+    let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+    OperatingPoint {
+        threshold,
+        tp,
+        fp,
+        tn,
+        fn_,
+        precision: ratio(tp, tp + fp),
+        recall: ratio(tp, tp + fn_),
+        false_alarm_rate: ratio(fp, fp + tn),
+    }
+}
+
 /// Normalised score in `[0, 1]` with 0.5 at `threshold`:
 /// `clamp((score - threshold) / (hi - lo) + 0.5, 0, 1)` with `(lo, hi)` the normalisation bounds
 /// (span 1 when absent or empty).
@@ -70,6 +116,25 @@ pub fn normalise_score(score: f64, threshold: f64, bounds: Option<(f64, f64)>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operating_point_counts_and_rates() {
+        let pairs = [
+            (0.1, false),
+            (0.6, false),
+            (0.7, true),
+            (0.2, true),
+            (0.9, true),
+        ];
+        let op = operating_point(&pairs, 0.5);
+        assert_eq!((op.tp, op.fp, op.tn, op.fn_), (2, 1, 1, 1));
+        assert_eq!(op.precision, Some(2.0 / 3.0));
+        assert_eq!(op.recall, Some(2.0 / 3.0));
+        assert_eq!(op.false_alarm_rate, Some(0.5));
+        let none = operating_point(&[(0.1, false)], 0.5);
+        assert_eq!((none.precision, none.recall), (None, None));
+        assert_eq!(none.false_alarm_rate, Some(0.0));
+    }
 
     #[test]
     fn f1_threshold_separates_and_reports_f1() {

@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::OmniAdConfig;
 use crate::model::OmniAd;
+use crate::recognition::{self, ClassBank, RecognitionMeta};
 use omniad_io::write_atomic;
 
 /// Value of [`CheckpointMeta::format`].
@@ -83,21 +84,37 @@ pub enum CheckpointError {
     },
 }
 
-/// Calibrated decision thresholds on the image score (filled by `omniad eval`).
+/// Calibrated decision thresholds: on the image score per class (and for all classes), and on
+/// the anomaly map's pixels for masks. Fitted at the end of `omniad train` on held-out normal
+/// images, or by `omniad calibrate` (runs of omniad before 0.2 stored those of `omniad eval`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
-    /// Threshold for all classes together.
+    /// Image-score threshold for all classes together (used when an image's class is neither
+    /// given nor recognised).
     pub global: Option<f64>,
-    /// Per-class thresholds.
+    /// Image-score threshold per class.
     #[serde(default)]
     pub per_class: BTreeMap<String, f64>,
-    /// How they were chosen (e.g. "f1_max on test set", "p99.5 of normal scores").
+    /// How they were chosen (e.g. "quantile 0.995 of held-out normal image scores").
     #[serde(default)]
     pub method: String,
-    /// Score score_bounds: `(score - min) / (max - min)` with these bounds, from the
-    /// calibration set (normal-score percentiles); used for `normalised_score` in predictions.
+    /// Normalisation bounds `(lo, hi)` of the image score: `normalised = clamp((score - t) /
+    /// (hi - lo) + 0.5, 0, 1)` with `t` the threshold used. `None` (every calibration since
+    /// 0.2): the span is `2 t`, i.e. `normalised = clamp(score / (2 t), 0, 1)`: 0.5 at the
+    /// class's threshold, 1 at twice it, the same scale as the overlay's colours.
     #[serde(default)]
     pub score_bounds: Option<(f64, f64)>,
+    /// Pixel threshold on the anomaly map per class: the binary mask is `map >= it`. A class
+    /// without one uses its image-score threshold (as runs before 0.2 did).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pixel_per_class: BTreeMap<String, f64>,
+    /// Pixel threshold for all classes together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_global: Option<f64>,
+    /// The images the thresholds were fitted on, in words (e.g. "48 held-out normal training
+    /// images (8 per class)").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fitted_on: String,
 }
 
 /// The JSON half of a checkpoint.
@@ -123,6 +140,11 @@ pub struct CheckpointMeta {
     /// Training provenance (dataset, classes, epochs, seed, omniad version, ...), free-form.
     #[serde(default)]
     pub provenance: serde_json::Value,
+    /// Class recognition (fitted at the end of training): the classes, their unknown-class
+    /// distances; the bank vectors are the tensors [`recognition::BANK_TENSOR`] and
+    /// [`recognition::LABELS_TENSOR`] of the weights file (covered by its checksum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recognition: Option<RecognitionMeta>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -220,10 +242,31 @@ pub fn save(
     thresholds: Option<Thresholds>,
     provenance: serde_json::Value,
 ) -> Result<PathBuf, CheckpointError> {
+    save_full(model, dir, stem, thresholds, provenance, None)
+}
+
+/// [`save`] with an optional class-recognition bank: its vectors go into the weights file
+/// (under [`recognition::BANK_TENSOR`] and [`recognition::LABELS_TENSOR`]) and its
+/// description into `model.json`'s `recognition`.
+///
+/// # Errors
+/// As [`save`].
+pub fn save_full(
+    model: &OmniAd,
+    dir: &Path,
+    stem: &str,
+    thresholds: Option<Thresholds>,
+    provenance: serde_json::Value,
+    recognition: Option<(&ClassBank, RecognitionMeta)>,
+) -> Result<PathBuf, CheckpointError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let weights_file = format!("{stem}.safetensors");
     let wpath = dir.join(&weights_file);
-    let tensors = model.named_tensors();
+    let mut tensors = model.named_tensors();
+    let recognition = recognition.map(|(bank, meta)| {
+        tensors.extend(bank.tensors());
+        meta
+    });
     let non_finite: Vec<&str> = tensors
         .iter()
         .filter(|(_, t)| t.isfinite().logical_not().any().int64_value(&[]) != 0)
@@ -251,6 +294,7 @@ pub fn save(
         weights_sha256: sha,
         thresholds,
         provenance,
+        recognition,
     };
     let jpath = dir.join(format!("{stem}.json"));
     write_meta(&jpath, &meta)?;
@@ -310,6 +354,18 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
 /// # Errors
 /// See [`CheckpointError`]; each names the file.
 pub fn load(json_path: &Path, device: Device) -> Result<(OmniAd, CheckpointMeta), CheckpointError> {
+    load_full(json_path, device).map(|(model, meta, _)| (model, meta))
+}
+
+/// [`load`], also returning the class-recognition bank when the checkpoint has one.
+///
+/// # Errors
+/// As [`load`]; [`CheckpointError::BadWeights`] for a bank that does not fit its description
+/// (or bank tensors without one).
+pub fn load_full(
+    json_path: &Path,
+    device: Device,
+) -> Result<(OmniAd, CheckpointMeta, Option<ClassBank>), CheckpointError> {
     let meta = read_meta(json_path)?;
     let wpath = json_path
         .parent()
@@ -323,10 +379,45 @@ pub fn load(json_path: &Path, device: Device) -> Result<(OmniAd, CheckpointMeta)
             found,
         });
     }
-    let tensors = Tensor::read_safetensors(&wpath).map_err(|e| CheckpointError::BadWeights {
-        path: wpath.clone(),
-        msg: e.to_string(),
-    })?;
+    let mut tensors =
+        Tensor::read_safetensors(&wpath).map_err(|e| CheckpointError::BadWeights {
+            path: wpath.clone(),
+            msg: e.to_string(),
+        })?;
+    let mut take = |name: &str| {
+        tensors
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| tensors.swap_remove(i).1)
+    };
+    let parts = (
+        take(recognition::BANK_TENSOR),
+        take(recognition::LABELS_TENSOR),
+    );
+    let bank =
+        match (&meta.recognition, parts) {
+            (Some(rm), (Some(bank), Some(labels))) => {
+                Some(ClassBank::from_parts(rm, bank, labels).map_err(|msg| {
+                    CheckpointError::BadWeights {
+                        path: wpath.clone(),
+                        msg,
+                    }
+                })?)
+            }
+            (None, (None, None)) => None,
+            (Some(_), _) => return Err(CheckpointError::BadWeights {
+                path: wpath.clone(),
+                msg:
+                    "model.json describes a class-recognition bank but the weights lack its tensors"
+                        .into(),
+            }),
+            (None, _) => {
+                return Err(CheckpointError::BadWeights {
+                    path: wpath.clone(),
+                    msg: "class-recognition tensors without their description in model.json".into(),
+                })
+            }
+        };
     let mut model = OmniAd::new(&meta.config, device).map_err(|msg| CheckpointError::BadMeta {
         path: json_path.to_path_buf(),
         msg: msg.to_string(),
@@ -341,7 +432,7 @@ pub fn load(json_path: &Path, device: Device) -> Result<(OmniAd, CheckpointMeta)
             details,
         }
     })?;
-    Ok((model, meta))
+    Ok((model, meta, bank))
 }
 
 /// Tensors that do not fit a model: one line per missing, unexpected or mis-shaped tensor, with

@@ -15,6 +15,7 @@ pub mod decoder;
 mod init;
 pub mod model;
 pub mod neck;
+pub mod recognition;
 pub mod teacher;
 pub mod weights;
 

@@ -23,6 +23,9 @@ pub struct Prediction {
     pub anomaly_map: Tensor,
     /// Image scores (max of each map), `[B]`.
     pub image_scores: Tensor,
+    /// Class-recognition descriptors of the teacher features, `[B, c1 + c2 + c3]`, f32, unit
+    /// rows (see [`crate::recognition::descriptors`]).
+    pub descriptors: Tensor,
 }
 
 /// Omni-AD: a frozen teacher, and a trainable student (neck + Omni-block decoder) that learns to
@@ -137,6 +140,7 @@ impl OmniAd {
             Prediction {
                 anomaly_map: map,
                 image_scores: scores,
+                descriptors: crate::recognition::descriptors(&t),
             }
         })
     }

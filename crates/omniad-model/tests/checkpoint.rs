@@ -49,6 +49,7 @@ fn thresholds() -> Thresholds {
         per_class: BTreeMap::from([("screw".to_string(), 0.25), ("woven".to_string(), 0.5)]),
         method: "test".into(),
         score_bounds: Some((0.125, 0.875)),
+        ..Default::default()
     }
 }
 

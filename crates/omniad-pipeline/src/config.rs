@@ -80,6 +80,84 @@ pub struct TrainConfig {
     pub data: DataConfig,
     /// Optimiser.
     pub optim: AdamWConfig,
+    /// Held-out validation images, class recognition and threshold calibration at the end of
+    /// training. A `config.toml` without the table (runs made before it existed) reads as
+    /// [`CalibrationConfig::none`], so that they resume on the same training images.
+    #[serde(default = "CalibrationConfig::none")]
+    pub calibration: CalibrationConfig,
+}
+
+/// How `omniad train` holds out normal images and calibrates the run's decisions on them (see
+/// [`crate::calibrate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CalibrationConfig {
+    /// Share of each class's normal training images held out of training for validation, in
+    /// `[0, 0.5]` (0 = none: no thresholds are fitted, unless the layout has its own validation
+    /// folder, e.g. MVTec LOCO `validation/good`, which is always used instead).
+    pub val_fraction: f64,
+    /// Fewest images held out per class when `val_fraction > 0` (never more than half of the
+    /// class's training images).
+    pub min_val_images: usize,
+    /// Quantile of the held-out normal image scores taken as a class's image threshold. The
+    /// expected false-alarm rate on new normal images is about `1 - q` with many held-out images;
+    /// with `n` of them and `q > n / (n + 1)` the threshold is their maximum, and the expected
+    /// false-alarm rate is `1 / (n + 1)`.
+    pub image_quantile: f64,
+    /// Quantile of the held-out normal images' anomaly-map pixels taken as a class's pixel
+    /// threshold (the binary mask is `map >= it`).
+    pub pixel_quantile: f64,
+    /// Slack of the unknown-class distance over the largest distance the class's own normal
+    /// images show (see [`omniad_model::recognition`]).
+    pub unknown_margin: f64,
+}
+
+impl Default for CalibrationConfig {
+    /// 10 % held out (at least 3 per class), quantiles 0.995 (images) and 0.999 (pixels),
+    /// unknown-class margin [`omniad_model::recognition::UNKNOWN_MARGIN`].
+    fn default() -> Self {
+        Self {
+            val_fraction: 0.1,
+            min_val_images: 3,
+            image_quantile: 0.995,
+            pixel_quantile: 0.999,
+            unknown_margin: omniad_model::recognition::UNKNOWN_MARGIN,
+        }
+    }
+}
+
+impl CalibrationConfig {
+    /// What runs made before held-out calibration existed did: nothing held out.
+    pub fn none() -> Self {
+        Self {
+            val_fraction: 0.0,
+            ..Self::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(0.0..=0.5).contains(&self.val_fraction) {
+            return Err(format!(
+                "val_fraction {} must be in [0, 0.5]",
+                self.val_fraction
+            ));
+        }
+        for (name, q) in [
+            ("image_quantile", self.image_quantile),
+            ("pixel_quantile", self.pixel_quantile),
+        ] {
+            if !(q > 0.0 && q <= 1.0) {
+                return Err(format!("{name} {q} must be in (0, 1]"));
+            }
+        }
+        if !(self.unknown_margin.is_finite() && self.unknown_margin >= 0.0) {
+            return Err(format!(
+                "unknown_margin {} must be a finite number >= 0",
+                self.unknown_margin
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainConfig {
@@ -99,6 +177,7 @@ impl Default for TrainConfig {
             model: OmniAdConfig::default(),
             data: DataConfig::default(),
             optim: AdamWConfig::default(),
+            calibration: CalibrationConfig::default(),
         }
     }
 }
@@ -190,6 +269,7 @@ impl From<FlatTrainConfig> for TrainConfig {
                 workers: f.workers,
             },
             optim: f.optim,
+            calibration: CalibrationConfig::none(),
         }
     }
 }
@@ -273,6 +353,7 @@ impl TrainConfig {
                 ));
             }
         }
+        self.calibration.validate()?;
         let teacher = self.model.teacher;
         if teacher != TeacherArch::EfficientNetLite0 && self.teacher_weights.is_none() {
             return Err(format!(

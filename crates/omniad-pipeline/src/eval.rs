@@ -1,17 +1,23 @@
 //! `omniad eval`: anomaly maps of a run's model on a test split, metrics per class and mean,
 //! calibrated decision thresholds, optional saved maps.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use omniad_data::{open_dataset, Dataset, DatasetKind, Label, Loader, LoaderOptions, OpenOptions};
 use omniad_metrics::{
-    Accumulator, EvalResults, ImageRecord, ImageResult, MetricOptions, PixelRecord, Report,
+    operating_point, Accumulator, EvalResults, ImageRecord, ImageResult, MetricOptions,
+    OperatingPoint, PixelRecord, Report,
 };
 use omniad_model::checkpoint::{self, Thresholds};
+use omniad_model::recognition::ClassBank;
 use omniad_model::OmniAd;
+use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::calibrate::{calibrate, merge_thresholds};
+use crate::calibrate::{
+    calibrate, check_trained_classes, merge_thresholds, trained_classes, Method,
+};
 use crate::config::TrainConfig;
 use crate::device::{libtorch, ComputeDevice};
 use crate::input::{images_tensor, preprocess_for};
@@ -42,13 +48,42 @@ impl Default for EvalOptions {
     }
 }
 
+/// Class recognition on one test class (see [`omniad_model::recognition`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RecognitionCounts {
+    /// Test images of the class.
+    pub images: usize,
+    /// Recognised as their own class (and not flagged unknown).
+    pub correct: usize,
+    /// Recognised as another trained class (and not flagged unknown).
+    pub wrong: usize,
+    /// Flagged as of an unknown class.
+    pub unknown: usize,
+    /// Anomalous test images among `images`, and how many of them were recognised correctly.
+    pub anomalous: usize,
+    /// Anomalous images recognised as their own class.
+    pub anomalous_correct: usize,
+    /// Whether the model was trained on this class (if not, `unknown` is the right answer).
+    pub trained: bool,
+}
+
+/// The decision at a stored threshold on one class's test images.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassOperatingPoint {
+    /// Test class.
+    pub class: String,
+    /// `class` (the class's own threshold) or `global` (the class has none).
+    pub threshold_source: &'static str,
+    /// Counts and rates at the threshold.
+    #[serde(flatten)]
+    pub point: OperatingPoint,
+}
+
 /// What an evaluation produced.
 #[derive(Debug)]
 pub struct EvalOutput {
     /// Metrics per class and mean.
     pub report: Report,
-    /// Calibrated thresholds on the image score.
-    pub thresholds: Thresholds,
     /// Warnings to show the user (e.g. a class without anomalies).
     pub warnings: Vec<String>,
     /// `(class, image score, anomalous?)` of every test image, in dataset order.
@@ -56,6 +91,55 @@ pub struct EvalOutput {
     /// Every test image with its paths, label and score, in dataset order (the order of the
     /// saved maps within each class); written as `results.json` by [`eval_run`].
     pub results: EvalResults,
+    /// Class recognition per test class, when the model has a class bank.
+    pub recognition: Option<BTreeMap<String, RecognitionCounts>>,
+    /// The operating point per class at the run's stored thresholds (filled by [`eval_run`];
+    /// empty from [`evaluate_model`]).
+    pub operating_points: Vec<ClassOperatingPoint>,
+}
+
+impl EvalOutput {
+    /// The operating point per class at the stored `thresholds` (the class's, else the global
+    /// one); a class with neither, or not trained on (`trained`, when known), gets none and a
+    /// note in `notes`.
+    pub fn points_at(
+        &self,
+        thresholds: Option<&Thresholds>,
+        trained: &[String],
+        notes: &mut Vec<String>,
+    ) -> Vec<ClassOperatingPoint> {
+        let mut by_class: BTreeMap<&str, Vec<(f64, bool)>> = BTreeMap::new();
+        for (c, s, l) in &self.scores {
+            by_class.entry(c.as_str()).or_default().push((*s, *l));
+        }
+        let mut out = Vec::new();
+        for (class, pairs) in by_class {
+            if !trained.is_empty() && !trained.iter().any(|t| t == class) {
+                notes.push(format!(
+                    "{class}: not a class the model was trained on: no threshold, no operating point"
+                ));
+                continue;
+            }
+            let (t, source) = match thresholds {
+                Some(th) => match th.per_class.get(class) {
+                    Some(t) => (Some(*t), "class"),
+                    None => (th.global, "global"),
+                },
+                None => (None, "none"),
+            };
+            match t {
+                Some(t) => out.push(ClassOperatingPoint {
+                    class: class.to_string(),
+                    threshold_source: source,
+                    point: operating_point(&pairs, t),
+                }),
+                None => notes.push(format!(
+                    "{class}: no stored threshold (train with held-out images or run `omniad calibrate`): no operating point"
+                )),
+            }
+        }
+        out
+    }
 }
 
 impl EvalOutput {
@@ -87,7 +171,12 @@ impl EvalOutput {
 /// # Errors
 /// Unreadable images or masks (naming the file), metric errors (e.g. a non-finite score, naming
 /// the image index), or an unwritable `save_maps` folder.
-pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Result<EvalOutput> {
+pub fn evaluate_model(
+    model: &OmniAd,
+    bank: Option<&ClassBank>,
+    ds: &Dataset,
+    opts: &EvalOptions,
+) -> Result<EvalOutput> {
     if ds.test.is_empty() {
         bail!("{}: no test images", ds.root.display());
     }
@@ -108,6 +197,8 @@ pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Resul
     };
     let mut scores = Vec::with_capacity(ds.test.len());
     let mut results = EvalResults::new((h, w), None);
+    let mut recognition: Option<BTreeMap<String, RecognitionCounts>> =
+        bank.map(|_| BTreeMap::new());
     let mut saver = opts
         .save_maps
         .as_ref()
@@ -130,8 +221,32 @@ pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Resul
                 .to_device(Device::Cpu)
                 .to_kind(Kind::Float),
         )?;
+        let recs = match bank {
+            Some(b) => Some(b.recognise(&pred.descriptors).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         for (j, &i) in batch.indices.iter().enumerate() {
             let sample = &ds.test[i];
+            if let (Some(counts), Some(recs), Some(b)) = (recognition.as_mut(), &recs, bank) {
+                let c = counts.entry(sample.class.clone()).or_default();
+                let r = &recs[j];
+                let own = b.classes[r.class] == sample.class;
+                c.images += 1;
+                c.trained = b.classes.contains(&sample.class);
+                if r.unknown {
+                    c.unknown += 1;
+                } else if own {
+                    c.correct += 1;
+                } else {
+                    c.wrong += 1;
+                }
+                if sample.label == Label::Anomaly {
+                    c.anomalous += 1;
+                    if own && !r.unknown {
+                        c.anomalous_correct += 1;
+                    }
+                }
+            }
             let map = &maps[j * h * w..(j + 1) * h * w];
             let mask = batch.masks.as_ref().map(|m| &m[j * h * w..(j + 1) * h * w]);
             let label = sample.label == Label::Anomaly;
@@ -168,13 +283,13 @@ pub fn evaluate_model(model: &OmniAd, ds: &Dataset, opts: &EvalOptions) -> Resul
         sv.finish()?;
     }
     let report = acc.finish()?;
-    let thresholds = calibrate(&scores, &mut warnings);
     Ok(EvalOutput {
         report,
-        thresholds,
         warnings,
         scores,
         results,
+        recognition,
+        operating_points: Vec::new(),
     })
 }
 
@@ -304,9 +419,11 @@ pub fn dataset_for_run(
         .with_context(|| format!("cannot open {kind} dataset at {}", root.display()))
 }
 
-/// `omniad eval`: loads the run's checkpoint, evaluates, writes `metrics.json`,
-/// `metrics.csv` and `results.json` (every image's score, label and paths) into the run folder
-/// and stores the calibrated thresholds in `model.json`.
+/// `omniad eval`: loads the run's checkpoint, evaluates, writes `metrics.json` (with the
+/// operating point per class at the stored thresholds and, for a run that recognises classes,
+/// the class recognition per test class), `metrics.csv` and `results.json` (every image's
+/// score, label and paths) into the run folder. It never changes the thresholds (that is
+/// `omniad calibrate`).
 ///
 /// # Errors
 /// See [`evaluate_model`] and [`dataset_for_run`]; a run folder without a checkpoint.
@@ -318,8 +435,12 @@ pub fn eval_run(
 ) -> Result<EvalOutput> {
     let device = device.open()?;
     let ckpt = crate::runs::checkpoint_of(run)?;
-    let (model, mut meta) = checkpoint::load(&ckpt, device)?;
-    let mut out = evaluate_model(&model, ds, opts)?;
+    let (model, meta, bank) = checkpoint::load_full(&ckpt, device)?;
+    let mut out = evaluate_model(&model, bank.as_ref(), ds, opts)?;
+    let trained = trained_classes(&meta).unwrap_or_default();
+    let mut notes = Vec::new();
+    let points = out.points_at(meta.thresholds.as_ref(), &trained, &mut notes);
+    out.warnings.extend(notes);
     let paths = RunPaths::new(run);
     // maps saved inside the run folder are referred to relatively (the run can move)
     out.results.maps_dir = opts.save_maps.as_ref().map(|d| {
@@ -328,7 +449,9 @@ pub fn eval_run(
             .unwrap_or(d.clone())
     });
     let mut json = out.report.to_json();
-    json["thresholds"] = serde_json::to_value(&out.thresholds)?;
+    json["thresholds"] = serde_json::to_value(&meta.thresholds)?;
+    json["operating_points"] = serde_json::to_value(&points)?;
+    json["recognition"] = serde_json::to_value(&out.recognition)?;
     json["warnings"] = serde_json::to_value(&out.warnings)?;
     json["dataset"] =
         serde_json::json!({"kind": ds.kind.to_string(), "root": ds.root.display().to_string()});
@@ -338,9 +461,69 @@ pub fn eval_run(
     )?;
     omniad_io::write_atomic(&paths.metrics_csv, report_csv(&out.report).as_bytes())?;
     omniad_io::write_atomic(&paths.results, out.results.to_json_string()?.as_bytes())?;
-    meta.thresholds = Some(merge_thresholds(meta.thresholds.take(), &out.thresholds));
-    checkpoint::write_meta(&ckpt, &meta)?;
+    out.operating_points = points;
     Ok(out)
+}
+
+/// What `omniad calibrate` fitted.
+#[derive(Debug)]
+pub struct CalibrateOutput {
+    /// The thresholds fitted now (image thresholds of the evaluated classes and global).
+    pub fitted: Thresholds,
+    /// The run's thresholds after merging (what `model.json` now holds).
+    pub stored: Thresholds,
+    /// The operating point per class at the new thresholds, on the images they were fitted on.
+    pub points: Vec<ClassOperatingPoint>,
+    /// Things to tell the user.
+    pub warnings: Vec<String>,
+}
+
+/// `omniad calibrate`: scores the test split of `ds` (labelled, normal and anomalous images)
+/// with the run's model, fits image thresholds per class and global by `method`, and stores
+/// them in `model.json` (classes not in `ds` keep theirs, pixel thresholds are kept), saying
+/// what they were fitted on.
+///
+/// # Errors
+/// A class of `ds` the model was not trained on (nothing is fitted), the errors of
+/// [`evaluate_model`], a `model.json` that cannot be written.
+pub fn calibrate_run(
+    run: &Path,
+    ds: &Dataset,
+    device: ComputeDevice,
+    method: Method,
+    opts: &EvalOptions,
+) -> Result<CalibrateOutput> {
+    let device = device.open()?;
+    let ckpt = crate::runs::checkpoint_of(run)?;
+    let (model, mut meta, bank) = checkpoint::load_full(&ckpt, device)?;
+    if let Ok(trained) = trained_classes(&meta) {
+        check_trained_classes(&trained, &ds.classes, &ckpt.display().to_string())?;
+    }
+    let out = evaluate_model(&model, bank.as_ref(), ds, opts)?;
+    let mut warnings = out.warnings.clone();
+    let n_anomalous = out.scores.iter().filter(|s| s.2).count();
+    let fitted_on = format!(
+        "test split of the {} dataset at {}: {} images ({} normal, {} anomalous), classes {}",
+        ds.kind,
+        ds.root.display(),
+        out.scores.len(),
+        out.scores.len() - n_anomalous,
+        n_anomalous,
+        ds.classes.join(", ")
+    );
+    let fitted = calibrate(&out.scores, method, &fitted_on, &mut warnings);
+    let stored = merge_thresholds(meta.thresholds.take(), &fitted);
+    meta.thresholds = Some(stored.clone());
+    checkpoint::write_meta(&ckpt, &meta)?;
+    let mut notes = Vec::new();
+    let points = out.points_at(Some(&fitted), &[], &mut notes);
+    warnings.extend(notes);
+    Ok(CalibrateOutput {
+        fitted,
+        stored,
+        points,
+        warnings,
+    })
 }
 
 /// The report as CSV: one row per class and a `mean` row, fractions in `[0, 1]`, empty cells

@@ -27,7 +27,7 @@
 //! previous call with the same names are replaced. The names used are in
 //! [`PredictRecord::overlay`] and [`PredictRecord::mask`]. Every PNG is written atomically
 //! (temporary file + rename), so an interrupted call leaves no partial file.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -35,6 +35,7 @@ use image::{GrayImage, RgbImage};
 use omniad_data::{has_image_extension, load_rgb, preprocess_rgb, Preprocess};
 use omniad_metrics::normalise_score;
 use omniad_model::checkpoint::{self, CheckpointMeta, Thresholds};
+use omniad_model::recognition::{ClassBank, Recognition};
 use omniad_model::OmniAd;
 use rayon::prelude::*;
 use serde::{Serialize, Serializer};
@@ -48,7 +49,7 @@ use crate::runs::checkpoint_of;
 
 /// The warning given once when no decision threshold is available.
 pub const NO_THRESHOLD_HINT: &str =
-    "no decision threshold: run `omniad eval` to calibrate thresholds, or pass --threshold";
+    "no decision threshold: train with held-out images (--val-fraction), or run `omniad calibrate`, or pass --threshold";
 
 /// Options of [`predict_run`].
 #[derive(Debug, Clone, PartialEq)]
@@ -89,11 +90,28 @@ pub struct PredictRecord {
     /// Image score: maximum of the blurred anomaly map, in `[0, 2]` (`1 - cos` units; higher =
     /// more anomalous).
     pub image_score: f64,
+    /// The class the image was judged as: given (`--class`) or recognised; `None` when the run
+    /// has no class recognition (trained before omniad 0.2) and none was given.
+    pub class: Option<String>,
+    /// How [`Self::class`] was chosen: `given` or `recognised`.
+    pub class_source: Option<ClassSource>,
+    /// Confidence of a recognised class in `[0, 1]`: `1 - d1 / d2`, with `d1` the descriptor
+    /// distance to that class and `d2` to the nearest other class (see
+    /// [`omniad_model::recognition`]); `None` for a given class.
+    pub class_confidence: Option<f64>,
+    /// The image is farther from every trained class than that class's own normal images ever
+    /// were (with the margin fitted on held-out normals): not a product this model knows. It
+    /// gets no threshold and no decision (`anomalous` is `None`).
+    pub unknown_class: bool,
     /// Score mapped to `[0, 1]` with 0.5 at the threshold (see [`omniad_metrics::normalise_score`],
     /// span from the calibration's normalisation bounds, else 1); `None` without a threshold.
     pub normalised_score: Option<f64>,
-    /// Decision threshold used on the image score; `None` when none is known.
+    /// Decision threshold used on the image score (the class's, else the global one, else
+    /// `--threshold`); `None` when none is known or the class is unknown.
     pub threshold: Option<f64>,
+    /// Threshold on the anomaly map's pixels used for the mask (the class's pixel threshold,
+    /// else the image threshold); `None` like `threshold`.
+    pub pixel_threshold: Option<f64>,
     /// `image_score >= threshold`; `None` without a threshold.
     pub anomalous: Option<bool>,
     /// Heatmap overlay PNG written (original size), if an output folder was given.
@@ -107,6 +125,36 @@ pub struct PredictRecord {
     pub width: u32,
     /// Height of the original image in pixels (after EXIF orientation).
     pub height: u32,
+}
+
+/// How an image's class was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassSource {
+    /// By the caller (`--class`, `class=`).
+    Given,
+    /// By the run's class recognition.
+    Recognised,
+}
+
+/// The decision rule for one image: its class and the thresholds and normalisation that
+/// follow from it (see [`Scorer::judge`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    /// The class judged as (see [`PredictRecord::class`]).
+    pub class: Option<String>,
+    /// How it was chosen.
+    pub class_source: Option<ClassSource>,
+    /// Confidence of a recognised class.
+    pub class_confidence: Option<f64>,
+    /// Not a trained class.
+    pub unknown_class: bool,
+    /// Image-score threshold.
+    pub threshold: Option<f64>,
+    /// Pixel threshold for the mask and the overlay's colour scale.
+    pub pixel_threshold: Option<f64>,
+    /// Normalisation bounds of the score (see [`Thresholds::score_bounds`]).
+    pub bounds: Option<(f64, f64)>,
 }
 
 /// Paths as JSON strings even when they are not valid UTF-8 (serde's own impl fails then).
@@ -270,7 +318,7 @@ pub fn decision_threshold(
         Some(class) => {
             let Some(th) = stored else {
                 bail!(
-                    "{}: no calibrated thresholds, so none for class {class}: run `omniad eval` first, or pass --threshold",
+                    "{}: no calibrated thresholds, so none for class {class}: run `omniad calibrate` first, or pass --threshold",
                     ckpt.display()
                 );
             };
@@ -305,6 +353,93 @@ fn check_threshold(t: f64) -> Result<()> {
     Ok(())
 }
 
+/// Checks a class given by a caller before any image is scored: it must be a class the model
+/// was trained on (by `meta`'s recognition or provenance; not checked when neither records
+/// classes), and have a calibrated threshold unless `threshold` overrides it. `ckpt` names the
+/// checkpoint in messages.
+///
+/// # Errors
+/// An untrained class (the trained ones are listed), or one without a threshold.
+pub fn check_class(
+    meta: &CheckpointMeta,
+    ckpt: &Path,
+    class: &str,
+    threshold: Option<f64>,
+) -> Result<()> {
+    let trained = crate::calibrate::trained_classes(meta).unwrap_or_default();
+    if !trained.is_empty() && !trained.iter().any(|c| c == class) {
+        bail!(
+            "{}: the model was not trained on class {class:?} (trained classes: {})",
+            ckpt.display(),
+            trained.join(", ")
+        );
+    }
+    decision_threshold(meta.thresholds.as_ref(), threshold, Some(class), ckpt)?;
+    Ok(())
+}
+
+/// The decision rule for one image: its class (`given`, else the `recognised` class and its
+/// decision), then the thresholds: `threshold` when given (for the image score and the mask),
+/// else the class's calibrated image and pixel thresholds (a class without a pixel threshold
+/// uses its image threshold), else the global ones. An image of an unknown class gets no
+/// threshold. Normalisation: the stored `score_bounds`, else the span `2 t` (see
+/// [`Thresholds::score_bounds`]).
+///
+/// # Errors
+/// A `given` class that was not trained or has no threshold (see [`check_class`]); a
+/// `threshold` that is negative or not finite.
+pub fn judge(
+    meta: &CheckpointMeta,
+    ckpt: &Path,
+    recognised: Option<(&str, &Recognition)>,
+    given: Option<&str>,
+    threshold: Option<f64>,
+) -> Result<Judgement> {
+    let stored = meta.thresholds.as_ref();
+    let (class, class_source, class_confidence, unknown_class) = match (given, recognised) {
+        (Some(c), _) => {
+            check_class(meta, ckpt, c, threshold)?;
+            (Some(c.to_string()), Some(ClassSource::Given), None, false)
+        }
+        (None, Some((name, r))) => (
+            Some(name.to_string()),
+            Some(ClassSource::Recognised),
+            Some(r.confidence),
+            r.unknown,
+        ),
+        (None, None) => (None, None, None, false),
+    };
+    let (image_t, pixel_t) = if unknown_class {
+        (None, None)
+    } else if let Some(t) = threshold {
+        check_threshold(t)?;
+        (Some(t), Some(t))
+    } else {
+        let per_class = |m: &BTreeMap<String, f64>| class.as_ref().and_then(|c| m.get(c)).copied();
+        match stored {
+            None => (None, None),
+            Some(th) => match per_class(&th.per_class) {
+                Some(t) => (Some(t), per_class(&th.pixel_per_class).or(Some(t))),
+                None => (th.global, th.pixel_global.or(th.global)),
+            },
+        }
+    };
+    let bounds = image_t.map(|t| {
+        stored
+            .and_then(|th| th.score_bounds)
+            .unwrap_or((0.0, 2.0 * t))
+    });
+    Ok(Judgement {
+        class,
+        class_source,
+        class_confidence,
+        unknown_class,
+        threshold: image_t,
+        pixel_threshold: pixel_t,
+        bounds,
+    })
+}
+
 /// A run's model loaded once, scoring images already decoded to RGB: the one scoring path of
 /// [`predict_run`] and of `omniad serve`, so that both give bit-identical scores for the same
 /// pixels in the same batch.
@@ -313,6 +448,7 @@ pub struct Scorer {
     pp: Preprocess,
     ckpt: PathBuf,
     meta: CheckpointMeta,
+    bank: Option<ClassBank>,
 }
 
 /// Scores and anomaly maps of one batch scored by [`Scorer::score`].
@@ -320,6 +456,8 @@ pub struct Scored {
     /// Image score of each image, in input order (maximum of its blurred anomaly map, `1 - cos`
     /// units, in `[0, 2]` for a sound checkpoint; not checked for finiteness here).
     pub scores: Vec<f64>,
+    /// Class recognition of each image (`None` when the run has no class recognition).
+    pub recognitions: Option<Vec<Recognition>>,
     /// `[B, H, W]` anomaly maps at the model's input size, on the model's device.
     maps: Tensor,
     /// The model's input size `(H, W)`, pixels.
@@ -358,7 +496,7 @@ impl Scorer {
     /// # Errors
     /// As [`Self::load`], after the run folder checks.
     pub fn from_checkpoint(ckpt: &Path, device: Device) -> Result<Self> {
-        let (model, meta) = checkpoint::load(ckpt, device)?;
+        let (model, meta, bank) = checkpoint::load_full(ckpt, device)?;
         let pp = preprocess_for(&model.cfg);
         pp.validate()?;
         Ok(Self {
@@ -366,6 +504,7 @@ impl Scorer {
             pp,
             ckpt: ckpt.to_path_buf(),
             meta,
+            bank,
         })
     }
 
@@ -384,27 +523,58 @@ impl Scorer {
         self.pp.size
     }
 
-    /// The decision threshold for a request: see [`decision_threshold`], with the run's
-    /// calibrated thresholds.
-    ///
-    /// # Errors
-    /// As [`decision_threshold`].
-    pub fn threshold(
-        &self,
-        threshold: Option<f64>,
-        per_class: Option<&str>,
-    ) -> Result<Option<f64>> {
-        decision_threshold(
-            self.meta.thresholds.as_ref(),
-            threshold,
-            per_class,
-            &self.ckpt,
-        )
+    /// The classes the model was trained on (those of its class recognition, else of its
+    /// provenance; empty when neither is recorded).
+    pub fn classes(&self) -> Vec<String> {
+        crate::calibrate::trained_classes(&self.meta).unwrap_or_default()
     }
 
-    /// The calibration's normalisation bounds of the image score, if any.
-    pub fn score_bounds(&self) -> Option<(f64, f64)> {
-        self.meta.thresholds.as_ref().and_then(|t| t.score_bounds)
+    /// Whether the run recognises classes (trained with omniad 0.2 or later).
+    pub fn recognises_classes(&self) -> bool {
+        self.bank.is_some()
+    }
+
+    /// Checks a class given by a caller before any image is scored: see [`check_class`].
+    ///
+    /// # Errors
+    /// As [`check_class`].
+    pub fn check_class(&self, class: &str, threshold: Option<f64>) -> Result<()> {
+        check_class(&self.meta, &self.ckpt, class, threshold)
+    }
+
+    /// The recognised class name and decision of image `j` of `scored`, when the run
+    /// recognises classes.
+    pub fn recognised<'s>(
+        &'s self,
+        scored: &'s Scored,
+        j: usize,
+    ) -> Option<(&'s str, &'s Recognition)> {
+        let bank = self.bank.as_ref()?;
+        let r = scored.recognitions.as_ref()?.get(j)?;
+        Some((bank.classes[r.class].as_str(), r))
+    }
+
+    /// The decision rule for image `j` of `scored`: see [`judge`].
+    ///
+    /// # Errors
+    /// `j` out of range; as [`judge`].
+    pub fn judge(
+        &self,
+        scored: &Scored,
+        j: usize,
+        given: Option<&str>,
+        threshold: Option<f64>,
+    ) -> Result<Judgement> {
+        if j >= scored.scores.len() {
+            bail!("image {j} of a batch of {}", scored.scores.len());
+        }
+        judge(
+            &self.meta,
+            &self.ckpt,
+            self.recognised(scored, j),
+            given,
+            threshold,
+        )
     }
 
     /// Scores `images` (any sizes) in one forward pass `[B, 3, H, W]`: each is preprocessed as
@@ -436,24 +606,31 @@ impl Scorer {
                 .to_device(Device::Cpu)
                 .to_kind(Kind::Float),
         )?;
+        let recognitions = match &self.bank {
+            Some(bank) => Some(
+                bank.recognise(&pred.descriptors)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
         Ok(Scored {
             scores: scores.into_iter().map(f64::from).collect(),
+            recognitions,
             maps: pred.anomaly_map,
             size: (pp.size.0 as i64, pp.size.1 as i64),
         })
     }
 }
 
-/// The record of one scored image (no picture paths): decision and normalised score from
-/// `threshold` and the calibration `bounds`; `width x height` is the image's size.
+/// The record of one scored image (no picture paths): class, decision and normalised score by
+/// the judgement `j` ([`Scorer::judge`]); `width x height` is the image's size.
 ///
 /// # Errors
 /// A non-finite score (the message names `path` and the checkpoint `ckpt`, which may be damaged).
 pub fn make_record(
     path: &Path,
     score: f64,
-    threshold: Option<f64>,
-    bounds: Option<(f64, f64)>,
+    j: &Judgement,
     (width, height): (u32, u32),
     ckpt: &Path,
 ) -> Result<PredictRecord> {
@@ -464,11 +641,17 @@ pub fn make_record(
             ckpt.display()
         );
     }
+    let threshold = j.threshold;
     Ok(PredictRecord {
         path: path.to_path_buf(),
         image_score: score,
-        normalised_score: threshold.map(|t| normalise_score(score, t, bounds)),
+        class: j.class.clone(),
+        class_source: j.class_source,
+        class_confidence: j.class_confidence,
+        unknown_class: j.unknown_class,
+        normalised_score: threshold.map(|t| normalise_score(score, t, j.bounds)),
         threshold,
+        pixel_threshold: j.pixel_threshold,
         anomalous: threshold.map(|t| score >= t),
         overlay: None,
         mask: None,
@@ -478,8 +661,8 @@ pub fn make_record(
 }
 
 /// The pictures of one image: the heatmap overlay (colour scale as in the module docs, `alpha`
-/// the colour map's weight in `[0, 1]`) and, with a threshold, the 0/255 binary mask, both at
-/// the image's size. `map` is the anomaly map upsampled to that size ([`Scored::map_at`]).
+/// the colour map's weight in `[0, 1]`) and, with a threshold (the pixel threshold of
+/// [`Judgement::pixel_threshold`]), the 0/255 binary mask, both at the image's size. `map` is the anomaly map upsampled to that size ([`Scored::map_at`]).
 ///
 /// # Errors
 /// A map whose length is not the image's pixel count, or `alpha` outside `[0, 1]`.
@@ -516,9 +699,10 @@ fn validate(opts: &PredictOptions) -> Result<()> {
 /// `cuda:N`), writes overlays and masks when `opts.out` is set (see the module docs), calls
 /// `on_record` for each image as soon as it is done (in input order) and returns all records.
 ///
-/// Decision threshold: `opts.threshold`, else the calibrated threshold stored by `omniad eval`
-/// (per class with `opts.per_class`, otherwise global). With none, decisions, normalised scores
-/// and masks are `None` and a warning ([`NO_THRESHOLD_HINT`]) is logged once.
+/// Class and thresholds per image by [`Scorer::judge`]: the class `opts.per_class`, else the
+/// recognised one; `opts.threshold`, else the class's calibrated thresholds, else the global
+/// ones. With none, decisions, normalised scores and masks are `None` and a warning
+/// ([`NO_THRESHOLD_HINT`]) is logged once.
 ///
 /// Images go through the model `opts.batch_size` at a time as `[B, 3, H, W]` at the model's
 /// input size (`H, W` from the checkpoint); the `[B, H, W]` anomaly maps are upsampled to each
@@ -548,22 +732,17 @@ pub fn predict_run(
         prepare_out_dir(out)?;
     }
     let stems = opts.out.as_deref().map(|out| output_stems(inputs, out));
-    let meta = checkpoint::read_meta(&ckpt)?;
-    let threshold = decision_threshold(
-        meta.thresholds.as_ref(),
-        opts.threshold,
-        opts.per_class.as_deref(),
-        &ckpt,
-    )?;
-    let bounds = meta.thresholds.as_ref().and_then(|t| t.score_bounds);
-    if threshold.is_none() {
+    let scorer = Scorer::from_checkpoint(&ckpt, device)?;
+    if let Some(class) = opts.per_class.as_deref() {
+        scorer.check_class(class, opts.threshold)?;
+    }
+    let meta = scorer.meta();
+    if opts.threshold.is_none() && meta.thresholds.is_none() {
         tracing::warn!("{NO_THRESHOLD_HINT}");
         if opts.out.is_some() {
             tracing::warn!("no decision threshold: binary masks are not written (overlays are)");
         }
     }
-
-    let scorer = Scorer::from_checkpoint(&ckpt, device)?;
     let mut records = Vec::with_capacity(inputs.len());
     for (chunk_no, chunk) in inputs.chunks(opts.batch_size).enumerate() {
         let decoded: Vec<_> = chunk.par_iter().map(|p| load_rgb(p)).collect();
@@ -573,19 +752,14 @@ pub fn predict_run(
         }
         let scored = scorer.score(&images)?;
         for (j, (path, img)) in chunk.iter().zip(&images).enumerate() {
-            let mut record = make_record(
-                path,
-                scored.scores[j],
-                threshold,
-                bounds,
-                img.dimensions(),
-                &ckpt,
-            )?;
+            let judgement = scorer.judge(&scored, j, opts.per_class.as_deref(), opts.threshold)?;
+            let mut record =
+                make_record(path, scored.scores[j], &judgement, img.dimensions(), &ckpt)?;
             if let (Some(out), Some(stems)) = (&opts.out, &stems) {
                 let stem = &stems[chunk_no * opts.batch_size + j];
                 let (iw, ih) = img.dimensions();
                 let map = scored.map_at(j, iw, ih)?;
-                let (picture, mask) = render(img, &map, threshold, opts.alpha)?;
+                let (picture, mask) = render(img, &map, judgement.pixel_threshold, opts.alpha)?;
                 let overlay_path = out.join(format!("{stem}_overlay.png"));
                 overlay::write_rgb_png(&overlay_path, &picture)?;
                 record.overlay = Some(overlay_path);

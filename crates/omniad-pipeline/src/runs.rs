@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use omniad_io::write_atomic;
-use omniad_model::checkpoint;
+use omniad_model::checkpoint::{self, Thresholds};
+use omniad_model::recognition::{ClassBank, RecognitionMeta};
 use omniad_model::OmniAd;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -218,6 +219,19 @@ pub struct Snapshot<'a> {
     pub data: &'a DataFingerprint,
     /// `model.json`'s `provenance` object.
     pub provenance: serde_json::Value,
+    /// The end-of-training class recognition and thresholds (see
+    /// [`crate::calibrate::fit_decisions`]); `None` for the saves during training, which keep
+    /// the thresholds an existing `model.json` holds.
+    pub finalised: Option<Finalised<'a>>,
+}
+
+/// What the save at the end of training adds to the checkpoint.
+#[derive(Debug)]
+pub struct Finalised<'a> {
+    /// The class-recognition bank and its description.
+    pub bank: (&'a ClassBank, RecognitionMeta),
+    /// Thresholds fitted on held-out images (`None`: none could be fitted).
+    pub thresholds: Option<Thresholds>,
 }
 
 /// Writes every file of one save and the commit marker into `staging`.
@@ -228,6 +242,7 @@ fn stage_checkpoint(paths: &RunPaths, staging: &Path, snap: &Snapshot<'_>) -> Re
         state,
         data,
         provenance,
+        finalised,
     } = snap;
     if staging.exists() {
         fs::remove_dir_all(staging)
@@ -235,10 +250,24 @@ fn stage_checkpoint(paths: &RunPaths, staging: &Path, snap: &Snapshot<'_>) -> Re
     }
     fs::create_dir(staging).with_context(|| format!("cannot create {}", staging.display()))?;
     fault_point("save:start");
-    let thresholds = checkpoint::read_meta(&paths.model_json)
-        .ok()
-        .and_then(|m| m.thresholds);
-    checkpoint::save(model, staging, "model", thresholds, provenance.clone())?;
+    match finalised {
+        Some(f) => {
+            checkpoint::save_full(
+                model,
+                staging,
+                "model",
+                f.thresholds.clone(),
+                provenance.clone(),
+                Some((f.bank.0, f.bank.1.clone())),
+            )?;
+        }
+        None => {
+            let thresholds = checkpoint::read_meta(&paths.model_json)
+                .ok()
+                .and_then(|m| m.thresholds);
+            checkpoint::save(model, staging, "model", thresholds, provenance.clone())?;
+        }
+    }
     fault_point("save:model");
     let opt_path = staging.join(file_name(&paths.opt_state));
     let bytes = checkpoint::safetensors_bytes(&opt.state_tensors(), &opt_path)?;

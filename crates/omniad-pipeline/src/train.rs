@@ -1,5 +1,6 @@
 //! `omniad train`: one Omni-AD model on all classes of a dataset (reference trainer
 //! `trainer/omniad_trainer.py`), with a teacher-feature cache, exact resume and Ctrl-C safety.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,10 +9,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use omniad_data::{open_dataset, Dataset, Loader, LoaderOptions, OpenOptions, Preprocess};
+use omniad_model::checkpoint;
+use omniad_model::recognition::ClassFit;
 use omniad_model::OmniAd;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use crate::calibrate::{fit_decisions, split_validation};
 use crate::config::{DataConfig, FeatureCache, TrainConfig};
 use crate::device::{device_name, libtorch};
 use crate::feature_cache::{plan_cache, CachePlan, FeatureStore};
@@ -56,6 +60,15 @@ pub struct TrainOutcome {
     pub cache_seconds: f64,
     /// Where the teacher-feature cache was kept, and why (see [`crate::feature_cache`]).
     pub feature_cache: String,
+    /// Held-out validation images (not trained on).
+    pub validation_images: usize,
+    /// Thresholds fitted on them at the end of training (`None` when interrupted or without
+    /// held-out images).
+    pub thresholds: Option<omniad_model::checkpoint::Thresholds>,
+    /// Class recognition's per-class measurements (empty when interrupted).
+    pub recognition: BTreeMap<String, ClassFit>,
+    /// Warnings of the end-of-training calibration.
+    pub warnings: Vec<String>,
 }
 
 /// Seed of the global libtorch RNG for optimiser step `step` (feature jitter), so that a resumed
@@ -145,6 +158,7 @@ fn say(bar: &ProgressBar, line: String) {
 fn startup_summary(
     cfg: &TrainConfig,
     ds: &Dataset,
+    val: &[omniad_data::Sample],
     model: &OmniAd,
     plan: &CachePlan,
     state: &TrainState,
@@ -156,8 +170,9 @@ fn startup_summary(
         .iter()
         .map(|c| {
             format!(
-                "{c} ({} train, {} test)",
+                "{c} ({} train, {} held out, {} test)",
                 count(&ds.train, c),
+                count(val, c),
                 count(&ds.test, c)
             )
         })
@@ -220,6 +235,17 @@ fn startup_summary(
             tch::get_num_threads()
         ),
         format!("  feature cache: {}", plan.reason),
+        if val.is_empty() {
+            "  validation: none held out (--val-fraction 0): no thresholds are fitted; run `omniad calibrate` after training".to_string()
+        } else {
+            let c = &cfg.calibration;
+            format!(
+                "  validation: {} held-out normal images, never trained on; at the end: class recognition, and per class the quantile {} of their image scores (image threshold) and {} of their pixels (mask threshold)",
+                val.len(),
+                c.image_quantile,
+                c.pixel_quantile
+            )
+        },
     ]
     .join("\n")
 }
@@ -395,7 +421,10 @@ fn start_or_resume(
                 cfg.epochs
             );
         }
-        if state.epoch == cfg.epochs {
+        let finalised = checkpoint::read_meta(&paths.model_json)
+            .map(|m| m.recognition.is_some())
+            .unwrap_or(false);
+        if state.epoch == cfg.epochs && finalised {
             bail!(
                 "{}: the run finished all {} epochs; pass a larger --epochs to train it further",
                 paths.dir.display(),
@@ -451,7 +480,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let paths = RunPaths::new(&cfg.out);
     let _lock = runs::prepare_run_dir(&paths, opts.resume)?;
 
-    let ds = open_train_dataset(&cfg.data)?;
+    let mut ds = open_train_dataset(&cfg.data)?;
+    let val = split_validation(&mut ds, &cfg.calibration, cfg.seed);
     let n = ds.train.len();
     let batches_per_epoch = if cfg.drop_last {
         n / cfg.batch_size
@@ -491,7 +521,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     if opts.progress {
         eprintln!(
             "{}",
-            startup_summary(cfg, &ds, &model, &plan, &state, batches_per_epoch)
+            startup_summary(cfg, &ds, &val, &model, &plan, &state, batches_per_epoch)
         );
     }
     let provenance = |epochs_done: usize| {
@@ -501,6 +531,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             "data_root": cfg.data.data_root.display().to_string(),
             "classes": ds.classes,
             "train_images": ds.train.len(),
+            "validation_images": val.len(),
             "epochs": cfg.epochs,
             "epochs_done": epochs_done,
             "batch_size": cfg.batch_size,
@@ -617,11 +648,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 state: &state,
                 data: &fingerprint,
                 provenance: provenance(done),
+                finalised: None,
             };
             runs::save_all(&paths, &snap)?;
         }
         if cfg.eval_every > 0 && done.is_multiple_of(cfg.eval_every) && done < cfg.epochs {
-            match crate::eval::evaluate_model(&model, &ds, &crate::eval::EvalOptions::default()) {
+            match crate::eval::evaluate_model(
+                &model,
+                None,
+                &ds,
+                &crate::eval::EvalOptions::default(),
+            ) {
                 Ok(report) => {
                     let m = report.mean_json();
                     log.write(&serde_json::json!({"epoch": done, "eval": m}))?;
@@ -639,13 +676,46 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             state: &state,
             data: &fingerprint,
             provenance: provenance(state.epoch),
+            finalised: None,
         };
         runs::save_all(&paths, &snap)?;
     }
-    if !interrupted {
-        bar.finish_and_clear();
-    }
+    // training throughput, without the calibration below
     let elapsed = started.elapsed().as_secs_f64();
+    let (thresholds, recognition, warnings) = if interrupted {
+        (None, BTreeMap::new(), Vec::new())
+    } else {
+        bar.finish_and_clear();
+        if opts.progress {
+            eprintln!(
+                "fitting class recognition on {} training images and thresholds on {} held-out images",
+                ds.train.len(),
+                val.len()
+            );
+        }
+        let dec = fit_decisions(
+            &model,
+            &ds.classes,
+            &ds.train,
+            &val,
+            &cfg.calibration,
+            cfg.batch_size.max(8),
+        )
+        .context("calibrating at the end of training")?;
+        let snap = runs::Snapshot {
+            model: &model,
+            opt: &opt,
+            state: &state,
+            data: &fingerprint,
+            provenance: provenance(state.epoch),
+            finalised: Some(runs::Finalised {
+                bank: (&dec.bank, dec.bank.meta(dec.fit.clone())),
+                thresholds: dec.thresholds.clone(),
+            }),
+        };
+        runs::save_all(&paths, &snap)?;
+        (dec.thresholds, dec.fit, dec.warnings)
+    };
     Ok(TrainOutcome {
         run_dir: paths.dir.clone(),
         checkpoint: paths.model_json.clone(),
@@ -656,6 +726,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         images_per_sec: images_done as f64 / elapsed.max(1e-9),
         cache_seconds: source.cache_seconds(),
         feature_cache: plan.reason.clone(),
+        validation_images: val.len(),
+        thresholds,
+        recognition,
+        warnings,
     })
 }
 

@@ -115,6 +115,7 @@ fn stored_global_and_per_class_thresholds() {
             ]),
             method: "test".into(),
             score_bounds: Some((lo, hi)),
+            ..Default::default()
         }),
     );
     let r = predict(&run, &inputs, &PredictOptions::default()).unwrap();
@@ -221,5 +222,5 @@ fn without_threshold_no_decision_and_no_mask() {
         )
         .unwrap_err()
     );
-    assert!(err.contains("omniad eval"), "{err}");
+    assert!(err.contains("omniad calibrate"), "{err}");
 }

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use omniad_data::DatasetKind;
 use omniad_model::checkpoint;
-use omniad_pipeline::config::{DataConfig, FeatureCache, TrainConfig};
+use omniad_pipeline::config::{CalibrationConfig, DataConfig, FeatureCache, TrainConfig};
 use omniad_pipeline::{train, TrainOptions};
 use omniad_synth::SynthConfig;
 use tch::{Device, Tensor};
@@ -42,6 +42,8 @@ fn tiny_cfg(data: &Path, out: &Path, cache: FeatureCache) -> TrainConfig {
             data_root: data.to_path_buf(),
             ..DataConfig::default()
         },
+        // all 10 images trained on (held-out calibration is tested in decisions.rs)
+        calibration: CalibrationConfig::none(),
         ..TrainConfig::default()
     };
     cfg.model.depths = [1, 1, 1, 1];

@@ -14,7 +14,9 @@
 //!   stored threshold, the operating point at that threshold (TP, FP, TN, FN, precision, recall,
 //!   false-alarm rate; anomalous = `score >= threshold`, as `omniad predict`), and a gallery of
 //!   the worst false negatives, worst false positives and a few true positives, each as
-//!   image | ground truth | anomaly map | predicted mask.
+//!   image | ground truth | anomaly map | predicted mask. The map's colour scale and the
+//!   predicted mask use the class's pixel threshold (its image threshold where it has none), as
+//!   `omniad predict` and `omniad serve` do.
 //!
 //! Charts are SVG drawn by `plotters`, inline; thumbnails are `data:` URIs of a fixed size, at
 //! most [`ReportOptions::thumbs_per_class`] images per class, so the file stays small on big
@@ -203,7 +205,7 @@ struct ClassSection {
     n_anomalous: usize,
     threshold: String,
     threshold_source: &'static str,
-    op: OperatingPoint,
+    op: Option<OperatingPoint>,
     charts: Vec<Chart>,
     notes: Vec<String>,
     gallery: Vec<Thumb>,
@@ -398,10 +400,10 @@ pub fn build_report(run: &Path, opts: &ReportOptions) -> Result<Report, ReportEr
         )));
     }
 
-    let thresholds = meta.thresholds.clone().ok_or_else(|| ReportError::Invalid {
-        path: run.join("model.json"),
-        reason: "field `thresholds` is empty: no calibrated threshold; run `omniad eval --run RUN` first".into(),
-    })?;
+    let thresholds = meta.thresholds.clone().unwrap_or_default();
+    if meta.thresholds.is_none() {
+        warnings.push("model.json has no calibrated thresholds: no operating point and no gallery; train with held-out images (--val-fraction) or run `omniad calibrate --run RUN`".into());
+    }
 
     let mut sections = Vec::new();
     for class in &classes {
@@ -435,29 +437,36 @@ pub fn build_report(run: &Path, opts: &ReportOptions) -> Result<Report, ReportEr
                 )));
             }
         }
-        let (threshold, threshold_source) = match thresholds.per_class.get(class) {
-            Some(t) => (*t, "per-class threshold"),
-            None => match thresholds.global {
-                Some(t) => {
+        let (threshold, threshold_source) =
+            match (thresholds.per_class.get(class), thresholds.global) {
+                (Some(t), _) => (Some(*t), "per-class threshold"),
+                (None, Some(t)) => {
                     warnings.push(format!(
                         "{class}: no per-class threshold in model.json, the global one is used"
                     ));
-                    (t, "global threshold (no per-class one)")
+                    (Some(t), "global threshold (no per-class one)")
                 }
-                None => {
-                    return Err(ReportError::Invalid {
-                        path: run.join("model.json"),
-                        reason: format!("field `thresholds` has no threshold for class {class} and no global one; run `omniad eval --run RUN`"),
-                    })
-                }
-            },
-        };
+                (None, None) => (None, "no stored threshold"),
+            };
+        // the mask threshold of predict and serve: the class's pixel threshold, else (no
+        // class threshold) the global one, else the image threshold
+        let pixel_threshold = threshold.map(|t| {
+            thresholds
+                .pixel_per_class
+                .get(class)
+                .copied()
+                .or(thresholds
+                    .pixel_global
+                    .filter(|_| !thresholds.per_class.contains_key(class)))
+                .unwrap_or(t)
+        });
         sections.push(class_section(
             run,
             class,
             &items,
             &results,
             threshold,
+            pixel_threshold,
             threshold_source,
             aupro_limit,
             opts,
@@ -547,7 +556,8 @@ fn class_section(
     class: &str,
     items: &[&omniad_metrics::ImageResult],
     results: &EvalResults,
-    threshold: f64,
+    threshold: Option<f64>,
+    pixel_threshold: Option<f64>,
     threshold_source: &'static str,
     aupro_limit: f64,
     opts: &ReportOptions,
@@ -559,25 +569,27 @@ fn class_section(
     let mut notes = Vec::new();
     let mut charts_out = Vec::new();
 
-    // operating point
-    let (mut tp, mut fp, mut tn, mut fn_) = (0u64, 0u64, 0u64, 0u64);
-    for (&s, &l) in scores.iter().zip(&labels) {
-        match (s as f64 >= threshold, l) {
-            (true, true) => tp += 1,
-            (true, false) => fp += 1,
-            (false, false) => tn += 1,
-            (false, true) => fn_ += 1,
+    // operating point (the same counts as `omniad eval`'s)
+    let op = threshold.map(|t| {
+        let pairs: Vec<(f64, bool)> = scores
+            .iter()
+            .map(|&s| f64::from(s))
+            .zip(labels.iter().copied())
+            .collect();
+        let p = omniad_metrics::operating_point(&pairs, t);
+        OperatingPoint {
+            tp: p.tp,
+            fp: p.fp,
+            tn: p.tn,
+            fn_: p.fn_,
+            precision: ratio(p.tp, p.tp + p.fp, "nothing flagged"),
+            recall: ratio(p.tp, p.tp + p.fn_, "no anomalous image"),
+            false_alarm_rate: ratio(p.fp, p.fp + p.tn, "no normal image"),
         }
+    });
+    if threshold.is_none() {
+        notes.push("no stored threshold: no operating point and no gallery".into());
     }
-    let op = OperatingPoint {
-        tp,
-        fp,
-        tn,
-        fn_,
-        precision: ratio(tp, tp + fp, "nothing flagged"),
-        recall: ratio(tp, tp + fn_, "no anomalous image"),
-        false_alarm_rate: ratio(fp, fp + tn, "no normal image"),
-    };
 
     // image-level curves
     let curve = binary_curve(&scores, &labels).map_err(|e| ReportError::Invalid {
@@ -700,7 +712,16 @@ fn class_section(
             ),
         }
         let pairs: Vec<(f32, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
-        for (k, kind) in gallery::select(&pairs, threshold, opts.thumbs_per_class) {
+        let (threshold, pixel_threshold) = match (threshold, pixel_threshold) {
+            (Some(t), Some(p)) => (t, p),
+            _ => (f64::INFINITY, f64::INFINITY),
+        };
+        let budget = if threshold.is_finite() {
+            opts.thumbs_per_class
+        } else {
+            0
+        };
+        for (k, kind) in gallery::select(&pairs, threshold, budget) {
             let r = items[k];
             let (image, image_error) = match gallery::image_thumbnail(&r.image, opts.thumb_size) {
                 Ok(uri) => (Some(uri), None),
@@ -723,19 +744,19 @@ fn class_section(
                 image_error,
                 ground_truth: gallery::mask_thumbnail(m.mask(k), m.h, m.w, opts.thumb_size)
                     .map_err(ReportError::Thumbnail)?,
-                map: gallery::map_thumbnail(m.map(k), m.h, m.w, threshold, opts.thumb_size)
+                map: gallery::map_thumbnail(m.map(k), m.h, m.w, pixel_threshold, opts.thumb_size)
                     .map_err(ReportError::Thumbnail)?,
                 predicted: gallery::predicted_mask_thumbnail(
                     m.map(k),
                     m.h,
                     m.w,
-                    threshold,
+                    pixel_threshold,
                     opts.thumb_size,
                 )
                 .map_err(ReportError::Thumbnail)?,
             });
         }
-        if gallery_out.is_empty() && opts.thumbs_per_class > 0 {
+        if gallery_out.is_empty() && budget > 0 {
             notes.push("gallery empty: no false negative, false positive or true positive".into());
         }
     }
@@ -760,7 +781,7 @@ fn class_section(
                 a: &normal,
                 b: &anomalous,
                 labels: ("normal", "anomalous"),
-                marker: Some((threshold, format!("threshold {threshold:.4}"))),
+                marker: threshold.map(|t| (t, format!("threshold {t:.4}"))),
                 bins: 24,
                 x_desc: "image score",
             },
@@ -772,7 +793,7 @@ fn class_section(
         anchor: anchor(class),
         n_images: items.len(),
         n_anomalous,
-        threshold: format!("{threshold:.6}"),
+        threshold: threshold.map_or("none".to_string(), |t| format!("{t:.6}")),
         threshold_source,
         op,
         charts: charts_out,

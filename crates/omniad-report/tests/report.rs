@@ -313,13 +313,27 @@ fn user_errors_name_the_file_and_field() {
     );
     std::fs::write(run.join("train_log.jsonl"), &log).unwrap();
 
-    // model.json without thresholds
+    // model.json without thresholds (a run trained with --val-fraction 0, not calibrated):
+    // the report still shows the metrics and curves, says why there is no operating point,
+    // and shows no gallery
     let model = common::read(&run.join("model.json"));
     let mut m: Value = serde_json::from_str(&model).unwrap();
     m["thresholds"] = Value::Null;
     std::fs::write(run.join("model.json"), m.to_string()).unwrap();
-    let e = err(run);
-    assert!(e.contains("model.json") && e.contains("thresholds"), "{e}");
+    let r = build_report(run, &ReportOptions::default()).unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("no calibrated thresholds") && w.contains("omniad calibrate")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(!r.html.contains("Operating point at the threshold"));
+    assert!(!r.html.contains("<div class=\"thumb-row"));
+    assert!(r
+        .html
+        .contains("no stored threshold: no operating point and no gallery"));
+    assert!(r.html.contains("data-chart=\"roc\""));
     std::fs::write(run.join("model.json"), &model).unwrap();
 
     // metrics.json: missing, then malformed

@@ -8,8 +8,17 @@
 //!     [--token-file F] [--pid SERVER_PID] [--malformed 2000]
 //! ```
 //! Each request is one image of `--images` (PNG/JPEG files, used in turn) sent as the raw body
-//! of `POST /v1/predict`, on its own connection. Exits non-zero if any answer is a 5xx other
-//! than 503 (queue full) or if the server does not answer `/healthz` afterwards.
+//! of `POST /v1/predict`, on its own connection. The server's resident memory is read from
+//! `/proc/PID/status` after every request; the table gives its mean over the first and the last
+//! 1,000 requests (10 % of them when fewer than 10,000 are sent).
+//!
+//! Malformed requests (16 at a time) cycle through four kinds: random bytes declared as a PNG,
+//! a truncated image, a 64 KiB header, and a slow body (slowloris: a declared 4 KiB body
+//! dripped at 20 bytes/s, which the server must cut off with its request timeout; start it with
+//! a short `--request-timeout-s`). Each must be answered 4xx or have its connection closed.
+//!
+//! Exits non-zero if any answer is a 5xx other than 503 (queue full), if a well-formed request
+//! gets no answer, or if the server does not answer `/healthz` afterwards.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -88,6 +97,46 @@ fn send(addr: SocketAddr, head: &str, body: &[u8]) -> u16 {
     attempt().unwrap_or(0)
 }
 
+/// Sends `head` and then drips a declared 4 KiB body at 20 bytes/s for at most 30 s, as a
+/// slowloris client does; returns the status the server answers with (0 when it just closes).
+fn send_slow(addr: SocketAddr, head: &str) -> u16 {
+    let attempt = || -> std::io::Result<u16> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(head.as_bytes())?;
+        s.set_nonblocking(true)?;
+        let mut raw = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+            if !raw.is_empty() {
+                // The answer has begun: read the rest of it.
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let _ = s.read_to_end(&mut raw);
+                break;
+            }
+            if s.write_all(&[0x42; 1]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let line = String::from_utf8_lossy(&raw[..raw.len().min(20)]).into_owned();
+        Ok(line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
+    };
+    attempt().unwrap_or(0)
+}
+
 fn head(token: &Option<String>, len: usize, content_type: &str) -> String {
     let auth = token
         .as_ref()
@@ -130,20 +179,20 @@ fn main() -> Result<()> {
         bail!("--images {}: no image file", a.images.display());
     }
     let images = Arc::new(images);
-    println!("| concurrency | requests | 2xx | 503 | other non-2xx | req/s | p50 ms | p99 ms | RSS first/last 10% (MiB) |");
+    println!("| concurrency | requests | 2xx | 503 | other non-2xx | req/s | p50 ms | p99 ms | RSS first / last 1,000 (MiB) |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut bad = 0usize;
+    let mut rss_growth = Vec::new();
     for &c in &a.concurrency {
         let next = Arc::new(AtomicUsize::new(0));
+        // (request index, status, latency ms, server RSS KiB after it)
         let results = Arc::new(Mutex::new(Vec::with_capacity(a.requests)));
-        let rss = Arc::new(Mutex::new((None, None)));
         let start = Instant::now();
         let workers: Vec<_> = (0..c)
             .map(|_| {
-                let (next, results, rss, images, token) = (
+                let (next, results, images, token) = (
                     next.clone(),
                     results.clone(),
-                    rss.clone(),
                     images.clone(),
                     a.token.clone(),
                 );
@@ -153,12 +202,6 @@ fn main() -> Result<()> {
                     if i >= n {
                         break;
                     }
-                    if i == n / 10 {
-                        rss.lock().unwrap().0 = rss_kib(pid);
-                    }
-                    if i == n - n / 10 - 1 {
-                        rss.lock().unwrap().1 = rss_kib(pid);
-                    }
                     let body = &images[i % images.len()];
                     let t = Instant::now();
                     let status = send(
@@ -166,10 +209,11 @@ fn main() -> Result<()> {
                         &head(&token, body.len(), "application/octet-stream"),
                         body,
                     );
-                    results
-                        .lock()
-                        .unwrap()
-                        .push((status, t.elapsed().as_secs_f64() * 1e3));
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    let rss = rss_kib(pid);
+                    if let Ok(mut r) = results.lock() {
+                        r.push((i, status, ms, rss));
+                    }
                 })
             })
             .collect();
@@ -177,23 +221,36 @@ fn main() -> Result<()> {
             let _ = w.join();
         }
         let secs = start.elapsed().as_secs_f64();
-        let results = results.lock().unwrap();
-        let ok = results.iter().filter(|r| (200..300).contains(&r.0)).count();
-        let busy = results.iter().filter(|r| r.0 == 503).count();
+        let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+        results.sort_by_key(|r| r.0);
+        let ok = results.iter().filter(|r| (200..300).contains(&r.1)).count();
+        let busy = results.iter().filter(|r| r.1 == 503).count();
         let other = results.len() - ok - busy;
         bad += results
             .iter()
-            .filter(|r| r.0 >= 500 && r.0 != 503 || r.0 == 0)
+            .filter(|r| r.1 >= 500 && r.1 != 503 || r.1 == 0)
             .count();
         let mut lat: Vec<f64> = results
             .iter()
-            .filter(|r| (200..300).contains(&r.0))
-            .map(|r| r.1)
+            .filter(|r| (200..300).contains(&r.1))
+            .map(|r| r.2)
             .collect();
         lat.sort_by(f64::total_cmp);
-        let (first, last) = *rss.lock().unwrap();
-        let mib =
-            |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.0}", k as f64 / 1024.0));
+        let window = if results.len() >= 10_000 {
+            1000
+        } else {
+            (results.len() / 10).max(1)
+        };
+        let mean_rss = |part: &[(usize, u16, f64, Option<u64>)]| -> Option<f64> {
+            let v: Vec<u64> = part.iter().filter_map(|r| r.3).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<u64>() as f64 / v.len() as f64 / 1024.0)
+        };
+        let first = mean_rss(&results[..window.min(results.len())]);
+        let last = mean_rss(&results[results.len().saturating_sub(window)..]);
+        if let (Some(f), Some(l)) = (first, last) {
+            rss_growth.push((c, l / f - 1.0));
+        }
+        let mib = |m: Option<f64>| m.map_or("-".to_string(), |m| format!("{m:.0}"));
         println!(
             "| {c} | {} | {ok} | {busy} | {other} | {:.1} | {:.1} | {:.1} | {} / {} |",
             results.len(),
@@ -204,39 +261,89 @@ fn main() -> Result<()> {
             mib(last)
         );
     }
+    for (c, g) in &rss_growth {
+        println!(
+            "concurrency {c}: resident memory over the last vs the first requests {:+.1} %{}",
+            g * 100.0,
+            if *g > 0.10 { " (more than 10 %)" } else { "" }
+        );
+    }
     if a.malformed > 0 {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let mut counts = std::collections::BTreeMap::new();
-        for i in 0..a.malformed {
-            let status = match i % 3 {
-                0 => {
-                    let junk: Vec<u8> = (0..(rnd() % 4096) as usize).map(|_| rnd() as u8).collect();
-                    send(a.addr, &head(&a.token, junk.len(), "image/png"), &junk)
-                }
-                1 => {
-                    let img = &images[i % images.len()];
-                    let cut = &img[..(rnd() as usize) % img.len()];
-                    send(a.addr, &head(&a.token, cut.len(), "image/png"), cut)
-                }
-                _ => {
-                    let big = format!("X-Junk: {}\r\n", "a".repeat(64 * 1024));
-                    let h =
-                        head(&a.token, 0, "image/png").replacen("\r\n", &format!("\r\n{big}"), 1);
-                    send(a.addr, &h, b"")
-                }
-            };
-            *counts.entry(status).or_insert(0usize) += 1;
-            if status >= 500 {
-                bad += 1;
+        let next = Arc::new(AtomicUsize::new(0));
+        let counts = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let start = Instant::now();
+        let workers: Vec<_> = (0..16)
+            .map(|w| {
+                let (next, counts, images, token) = (
+                    next.clone(),
+                    counts.clone(),
+                    images.clone(),
+                    a.token.clone(),
+                );
+                let (n, addr) = (a.malformed, a.addr);
+                std::thread::spawn(move || {
+                    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ (w as u64 + 1);
+                    let mut rnd = move || {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x
+                    };
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        let kind = [
+                            "random bytes",
+                            "truncated image",
+                            "64 KiB header",
+                            "slow body",
+                        ][i % 4];
+                        let status = match i % 4 {
+                            0 => {
+                                let junk: Vec<u8> =
+                                    (0..(rnd() % 4096) as usize).map(|_| rnd() as u8).collect();
+                                send(addr, &head(&token, junk.len(), "image/png"), &junk)
+                            }
+                            1 => {
+                                let img = &images[i % images.len()];
+                                let cut = &img[..(rnd() as usize) % img.len()];
+                                send(addr, &head(&token, cut.len(), "image/png"), cut)
+                            }
+                            2 => {
+                                let big = format!("X-Junk: {}\r\n", "a".repeat(64 * 1024));
+                                let h = head(&token, 0, "image/png").replacen(
+                                    "\r\n",
+                                    &format!("\r\n{big}"),
+                                    1,
+                                );
+                                send(addr, &h, b"")
+                            }
+                            _ => send_slow(addr, &head(&token, 4096, "image/png")),
+                        };
+                        if let Ok(mut c) = counts.lock() {
+                            *c.entry((kind, status)).or_insert(0usize) += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        let counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+        println!(
+            "{} malformed requests in {:.1} s, by kind and status (0 = connection closed):",
+            a.malformed,
+            start.elapsed().as_secs_f64()
+        );
+        for ((kind, status), n) in counts.iter() {
+            println!("  {kind}: {status} x {n}");
+            if !(400..500).contains(status) && *status != 0 {
+                bad += n;
             }
         }
-        println!("malformed requests by status (0 = connection closed): {counts:?}");
     }
     let alive = send(
         a.addr,
@@ -245,7 +352,7 @@ fn main() -> Result<()> {
     );
     println!("healthz afterwards: {alive}");
     if bad > 0 || alive != 200 {
-        bail!("{bad} answers were 5xx (other than 503) or missing; healthz {alive}");
+        bail!("{bad} answers were 5xx (other than 503), missing, or not 4xx for a malformed request; healthz {alive}");
     }
     Ok(())
 }

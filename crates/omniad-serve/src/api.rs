@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use image::RgbImage;
 use omniad_data::DataError;
-use omniad_pipeline::predict::{decision_threshold, make_record, render, PredictRecord};
+use omniad_pipeline::predict::{check_class, judge, make_record, render, PredictRecord};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tower_http::timeout::TimeoutLayer;
@@ -292,14 +292,7 @@ pub struct ModelDescription {
 async fn model(State(st): State<Arc<AppState>>) -> Result<Json<ModelDescription>, ApiError> {
     let info = loaded(&st)?;
     let meta = &info.meta;
-    let mut classes: Vec<String> = meta.provenance["classes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut classes = omniad_pipeline::calibrate::trained_classes(meta).unwrap_or_default();
     if classes.is_empty() {
         if let Some(t) = &meta.thresholds {
             classes = t.per_class.keys().cloned().collect();
@@ -380,10 +373,21 @@ pub(crate) struct RecordDoc {
     path: String,
     /// Image score: maximum of the blurred anomaly map, in `[0, 2]` (`1 - cos` units).
     image_score: f64,
-    /// Score mapped to `[0, 1]` with 0.5 at the threshold; `null` without a threshold.
+    /// The class the image was judged as (given by `class=`, else recognised); `null` for a run
+    /// without class recognition and no `class=`.
+    class: Option<String>,
+    /// `given` or `recognised`.
+    class_source: Option<String>,
+    /// Confidence of a recognised class in `[0, 1]`; `null` for a given class.
+    class_confidence: Option<f64>,
+    /// Not a class the model was trained on: no threshold and no decision.
+    unknown_class: bool,
+    /// Score mapped to `[0, 1]` with 0.5 at the class's threshold; `null` without a threshold.
     normalised_score: Option<f64>,
-    /// Decision threshold used; `null` when none is known.
+    /// Decision threshold used; `null` when none is known or the class is unknown.
     threshold: Option<f64>,
+    /// Threshold on the anomaly map's pixels used for the mask.
+    pixel_threshold: Option<f64>,
     /// `image_score >= threshold`; `null` without a threshold.
     anomalous: Option<bool>,
     /// Always `null` here (no file is written).
@@ -478,19 +482,17 @@ async fn predict(
         ),
     };
     let info = loaded(&st)?;
-    let threshold = decision_threshold(
-        info.meta.thresholds.as_ref(),
-        threshold,
-        q.class.as_deref(),
-        Path::new(CKPT_NAME),
-    )
-    .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    if answer == Answer::Mask && threshold.is_none() {
-        return Err(ApiError::bad_request(
-            "return=mask needs a decision threshold: the run has no calibrated one, pass threshold=...",
-        ));
+    let ckpt = Path::new(CKPT_NAME);
+    if let Some(c) = q.class.as_deref() {
+        check_class(&info.meta, ckpt, c, threshold)
+            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    } else if let Some(t) = threshold {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(ApiError::bad_request(format!(
+                "threshold {t}: a decision threshold on the image score must be a finite number >= 0"
+            )));
+        }
     }
-    let bounds = info.meta.thresholds.as_ref().and_then(|t| t.score_bounds);
 
     let multipart = body_kind(&req)?;
     if let Some(len) = req
@@ -555,18 +557,19 @@ async fn predict(
             )
         })?;
 
-    let records = names
+    let judged = names
         .iter()
         .zip(&scored)
         .map(|(name, s)| {
-            make_record(
-                Path::new(name),
-                s.score,
+            let j = judge(
+                &info.meta,
+                ckpt,
+                s.recognised.as_ref().map(|(c, r)| (c.as_str(), r)),
+                q.class.as_deref(),
                 threshold,
-                bounds,
-                s.image.dimensions(),
-                Path::new(CKPT_NAME),
-            )
+            )?;
+            let record = make_record(Path::new(name), s.score, &j, s.image.dimensions(), ckpt)?;
+            Ok((record, j.pixel_threshold))
         })
         .collect::<anyhow::Result<Vec<_>>>()
         .map_err(|e| {
@@ -576,6 +579,17 @@ async fn predict(
                 format!("{e:#}"),
             )
         })?;
+    let (records, pixel_thresholds): (Vec<_>, Vec<_>) = judged.into_iter().unzip();
+    if answer == Answer::Mask && pixel_thresholds.iter().any(Option::is_none) {
+        let why = if records.iter().any(|r| r.unknown_class) {
+            "the image is not of a class the model was trained on (unknown_class)"
+        } else {
+            "the run has no calibrated threshold; pass threshold=..."
+        };
+        return Err(ApiError::bad_request(format!(
+            "return=mask needs a decision threshold: {why}"
+        )));
+    }
 
     match answer {
         Answer::Json if multipart => Ok(Json(records).into_response()),
@@ -586,8 +600,9 @@ async fn predict(
                 records
                     .into_iter()
                     .zip(scored)
-                    .map(|(record, s)| {
-                        let (overlay, mask) = pictures(&s, threshold, alpha)?;
+                    .zip(pixel_thresholds)
+                    .map(|((record, s), pixel_t)| {
+                        let (overlay, mask) = pictures(&s, pixel_t, alpha)?;
                         let b64 = base64::engine::general_purpose::STANDARD;
                         Ok(RecordWithImages {
                             record,
@@ -607,14 +622,15 @@ async fn predict(
         Answer::Overlay | Answer::Mask => {
             let record = only_one(records)?;
             let s = only_one(scored)?;
+            let pixel_t = only_one(pixel_thresholds)?;
             let alpha = st.opts.alpha;
-            let (overlay, mask) = blocking(move || pictures(&s, threshold, alpha)).await?;
+            let (overlay, mask) = blocking(move || pictures(&s, pixel_t, alpha)).await?;
             let png = if answer == Answer::Mask {
                 mask.ok_or_else(|| {
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "threshold",
-                        "return=mask needs a decision threshold: pass threshold= or calibrate the run with `omniad eval`".to_string(),
+                        "return=mask needs a decision threshold: pass threshold= or calibrate the run with `omniad calibrate`".to_string(),
                     )
                 })?
             } else {

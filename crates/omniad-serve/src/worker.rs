@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use omniad_model::checkpoint::CheckpointMeta;
+use omniad_model::recognition::Recognition;
 use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::predict::Scorer;
 use tokio::sync::oneshot;
@@ -30,6 +31,8 @@ pub struct ScoredImage {
     pub score: f64,
     /// Anomaly map at the image's size, when the job asked for it.
     pub map: Option<Vec<f32>>,
+    /// The recognised class and its decision, when the run recognises classes.
+    pub recognised: Option<(String, Recognition)>,
 }
 
 /// One request's images for the worker.
@@ -165,10 +168,14 @@ fn score_images(
             } else {
                 None
             };
+            let recognised = scorer
+                .recognised(&scored, j)
+                .map(|(c, r)| (c.to_string(), r.clone()));
             out.push(ScoredImage {
                 image,
                 score: scored.scores[j],
                 map,
+                recognised,
             });
         }
         offset += scored.scores.len();

@@ -20,8 +20,9 @@ enum MaskStyle {
 struct DirSpec {
     /// Required training folder (relative to the class folder).
     train: &'static str,
-    /// Extra training folders used when present (LOCO `validation/good`).
-    extra_train: &'static [&'static str],
+    /// Folders of normal images held out for validation, used when present (LOCO
+    /// `validation/good`).
+    validation: &'static [&'static str],
     /// Name of the normal folder under `test/` (`good`, BTAD `ok`).
     normal: &'static str,
     mask_style: MaskStyle,
@@ -33,28 +34,28 @@ fn dir_spec(kind: DatasetKind) -> DirSpec {
     match kind {
         DatasetKind::Btad => DirSpec {
             train: "train/ok",
-            extra_train: &[],
+            validation: &[],
             normal: "ok",
             mask_style: MaskStyle::File,
             masks_required: true,
         },
         DatasetKind::Loco => DirSpec {
             train: "train/good",
-            extra_train: &["validation/good"],
+            validation: &["validation/good"],
             normal: GOOD,
             mask_style: MaskStyle::Folder,
             masks_required: true,
         },
         DatasetKind::Folder => DirSpec {
             train: "train/good",
-            extra_train: &[],
+            validation: &[],
             normal: GOOD,
             mask_style: MaskStyle::File,
             masks_required: false,
         },
         _ => DirSpec {
             train: "train/good",
-            extra_train: &[],
+            validation: &[],
             normal: GOOD,
             mask_style: MaskStyle::File,
             masks_required: true,
@@ -96,6 +97,7 @@ pub(crate) fn read_dirs(
     let names: Vec<String> = available.iter().map(|(n, _)| n.clone()).collect();
     let classes = select_classes(root, names, requested)?;
     let mut train = Vec::new();
+    let mut validation = Vec::new();
     let mut test = Vec::new();
     for class in &classes {
         let Some((_, dir)) = available.iter().find(|(n, _)| n == class) else {
@@ -106,18 +108,20 @@ pub(crate) fn read_dirs(
             (Some(m), false) => m.join(class),
             (None, _) => dir.join("ground_truth"),
         };
-        let (tr, te) = read_dir_class(kind, &spec, class, dir, &gt, opts)?;
+        let (tr, va, te) = read_dir_class(kind, &spec, class, dir, &gt, opts)?;
         train.extend(tr);
+        validation.extend(va);
         test.extend(te);
     }
     Ok(Listing {
         classes,
         train,
+        validation,
         test,
     })
 }
 
-/// Reads one class folder; returns (train, test).
+/// Reads one class folder; returns (train, validation, test).
 fn read_dir_class(
     kind: DatasetKind,
     spec: &DirSpec,
@@ -125,7 +129,7 @@ fn read_dir_class(
     dir: &Path,
     gt: &Path,
     opts: &OpenOptions,
-) -> Result<(Vec<Sample>, Vec<Sample>), DataError> {
+) -> Result<(Vec<Sample>, Vec<Sample>, Vec<Sample>), DataError> {
     if list_dir(dir)?.is_empty() {
         return Err(DataError::EmptyClass {
             class: class.to_string(),
@@ -142,16 +146,18 @@ fn read_dir_class(
         });
     }
     let mut train = Vec::new();
-    let mut train_dirs = vec![train_dir.clone()];
-    train_dirs.extend(
-        spec.extra_train
-            .iter()
-            .map(|d| join_rel(dir, d))
-            .filter(|p| p.is_dir()),
-    );
-    for td in &train_dirs {
-        for image in list_images(td, kind.name())? {
-            train.push(Sample::normal(class, Split::Train, image));
+    for image in list_images(&train_dir, kind.name())? {
+        train.push(Sample::normal(class, Split::Train, image));
+    }
+    let mut validation = Vec::new();
+    for vd in spec
+        .validation
+        .iter()
+        .map(|d| join_rel(dir, d))
+        .filter(|p| p.is_dir())
+    {
+        for image in list_images(&vd, kind.name())? {
+            validation.push(Sample::normal(class, Split::Train, image));
         }
     }
     if train.is_empty() {
@@ -254,7 +260,7 @@ fn read_dir_class(
             );
         }
     }
-    Ok((train, test))
+    Ok((train, validation, test))
 }
 
 fn test_sample_path(test: &[Sample], i: usize) -> &Path {

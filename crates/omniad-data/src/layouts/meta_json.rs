@@ -132,6 +132,7 @@ pub(crate) fn read_meta_json(
     Ok(Listing {
         classes,
         train,
+        validation: Vec::new(),
         test,
     })
 }

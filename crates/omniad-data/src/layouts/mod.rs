@@ -34,6 +34,8 @@ pub(crate) struct Listing {
     pub classes: Vec<String>,
     /// Training samples.
     pub train: Vec<Sample>,
+    /// Normal samples the layout holds out for validation (MVTec LOCO `validation/good`).
+    pub validation: Vec<Sample>,
     /// Test samples.
     pub test: Vec<Sample>,
 }

@@ -241,6 +241,7 @@ pub(crate) fn read_realiad(
     Ok(Listing {
         classes,
         train,
+        validation: Vec::new(),
         test,
     })
 }

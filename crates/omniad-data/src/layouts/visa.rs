@@ -157,6 +157,7 @@ pub(crate) fn read_visa(
     Ok(Listing {
         classes,
         train,
+        validation: Vec::new(),
         test,
     })
 }

@@ -168,6 +168,7 @@ pub fn make_run(classes: &[(&str, usize, usize)], with_maps: bool) -> Fixture {
         per_class,
         method: "F1-optimal (test fixture)".into(),
         score_bounds: None,
+        ..Default::default()
     };
     let mut metrics = report.to_json();
     metrics["thresholds"] = serde_json::to_value(&thresholds).unwrap();
@@ -192,6 +193,7 @@ pub fn make_run(classes: &[(&str, usize, usize)], with_maps: bool) -> Fixture {
         weights_sha256: "0".repeat(64),
         thresholds: Some(thresholds.clone()),
         provenance: json!({}),
+        recognition: None,
     };
     std::fs::write(
         run.join("model.json"),

@@ -26,6 +26,7 @@ pub fn thresholds() -> Thresholds {
         per_class: BTreeMap::from([("bottle".to_string(), 0.02), ("cable".to_string(), 0.5)]),
         method: "test".to_string(),
         score_bounds: Some((0.01, 0.2)),
+        ..Default::default()
     }
 }
 
