@@ -95,7 +95,7 @@ pub struct Decisions {
 /// Teacher descriptors `[n, D]` (CPU) of `samples`, in order.
 fn describe(model: &OmniAd, samples: &[Sample], batch: usize) -> Result<Tensor> {
     let pp = preprocess_for(&model.cfg);
-    let loader = Loader::new(samples, LoaderOptions::new(batch, pp.clone()))?;
+    let loader = Loader::new(samples, LoaderOptions::new(batch, pp))?;
     let mut parts = Vec::new();
     for b in loader {
         let b = b?;
@@ -137,7 +137,7 @@ pub fn fit_decisions(
         .map(|c| val.iter().filter(|s| &s.class == c).count())
         .collect();
     if !val.is_empty() {
-        let loader = Loader::new(val, LoaderOptions::new(batch, pp.clone()))?;
+        let loader = Loader::new(val, LoaderOptions::new(batch, pp))?;
         for b in loader {
             let b = b?;
             let n = b.indices.len();

@@ -121,6 +121,9 @@ pub(crate) fn read_dirs(
     })
 }
 
+/// One class's `(train, validation, test)` samples.
+type ClassSplits = (Vec<Sample>, Vec<Sample>, Vec<Sample>);
+
 /// Reads one class folder; returns (train, validation, test).
 fn read_dir_class(
     kind: DatasetKind,
@@ -129,7 +132,7 @@ fn read_dir_class(
     dir: &Path,
     gt: &Path,
     opts: &OpenOptions,
-) -> Result<(Vec<Sample>, Vec<Sample>, Vec<Sample>), DataError> {
+) -> Result<ClassSplits, DataError> {
     if list_dir(dir)?.is_empty() {
         return Err(DataError::EmptyClass {
             class: class.to_string(),
