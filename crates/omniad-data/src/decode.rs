@@ -196,10 +196,13 @@ pub fn image_size(path: &Path) -> Result<(u32, u32), DataError> {
     header_dims(path, "an image file").map(|(_, oriented)| oriented)
 }
 
+/// A size `(W, H)` in pixels.
+type Dims = (u32, u32);
+
 /// The size `(W, H)` announced by the header of `path`, as stored and after EXIF orientation,
 /// without decoding pixels (the EXIF orientation is read the way decoding reads it: an
 /// unreadable one counts as none). `what` says what the file should be, for messages.
-fn header_dims(path: &Path, what: &str) -> Result<((u32, u32), (u32, u32)), DataError> {
+fn header_dims(path: &Path, what: &str) -> Result<(Dims, Dims), DataError> {
     let reader = open_reader(path, what)?;
     guard(path, || {
         let mut decoder = reader

@@ -119,6 +119,10 @@ impl Batch {
     }
 }
 
+/// What the loader keeps of a decoded sample besides its pixels: the native size `(W, H)` and
+/// the anomalous pixels of its mask at native size.
+type Loaded = ((u32, u32), u64);
+
 /// What the loader needs of a sample.
 struct Item {
     index: usize,
@@ -162,7 +166,7 @@ impl Plan {
             }
             Ok::<_, DataError>((dims, native))
         };
-        let results: Vec<Result<((u32, u32), u64), DataError>> = if with_masks {
+        let results: Vec<Result<Loaded, DataError>> = if with_masks {
             images
                 .par_chunks_mut(n_img)
                 .zip(masks.par_chunks_mut(n_mask))

@@ -268,7 +268,10 @@ fn bad_images_are_reported_and_the_others_scored() {
             "{e}"
         );
         let e = errors[2].unwrap();
-        assert!(e.contains("notes.png") && e.contains("Invalid PNG signature"), "{e}");
+        assert!(
+            e.contains("notes.png") && e.contains("Invalid PNG signature"),
+            "{e}"
+        );
         let e = errors[4].unwrap();
         assert!(
             e.contains("missing.png") && e.contains("does not exist"),
