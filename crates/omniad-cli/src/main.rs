@@ -1,6 +1,7 @@
 //! `omniad`: multi-class unsupervised anomaly detection with Omni-AD (ICME 2025).
 //!
 //! Every subcommand ends with a one-line error and a non-zero exit status on bad input.
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -15,7 +16,7 @@ use omniad_pipeline::config::{FeatureCache, TrainConfig};
 use omniad_pipeline::demo::{run_demo, DemoConfig};
 use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::eval::{dataset_for_run, eval_run, EvalOptions};
-use omniad_pipeline::predict::{collect_inputs, predict_run, PredictOptions};
+use omniad_pipeline::predict::{collect_inputs, predict_run, PredictOptions, PredictOutcome};
 use omniad_pipeline::{train, TrainOptions};
 use omniad_report::{default_output, write_report, ReportOptions};
 
@@ -50,7 +51,8 @@ enum Command {
     Eval(EvalArgs),
     /// Fit a run's image thresholds on labelled test images (f1, fpr:RATE or quantile:Q).
     Calibrate(CalibrateArgs),
-    /// Score images with a trained run: JSON lines, heatmap overlays, masks.
+    /// Score images with a trained run: JSON lines, heatmap overlays, masks. An image that cannot
+    /// be scored gets a line {"path", "error"} and the others are scored; the status is then 1.
     Predict(PredictArgs),
     /// Write the HTML evaluation report of an evaluated run (one self-contained file).
     Report(ReportArgs),
@@ -507,12 +509,26 @@ fn main() -> ExitCode {
     }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Reported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
+
+/// An outcome already reported on stdout and stderr (e.g. `predict` with images that could not be
+/// scored): `main` exits with status 1 without printing another line.
+#[derive(Debug)]
+struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reported above")
+    }
+}
+
+impl std::error::Error for Reported {}
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
@@ -1016,11 +1032,25 @@ fn predict_cmd(a: PredictArgs) -> Result<()> {
         batch_size: a.batch_size as usize,
         alpha: 0.5,
     };
-    predict_run(&a.run, &inputs, a.device, &opts, |rec| {
-        println!("{}", serde_json::to_string(rec)?);
+    let (mut scored, mut failed) = (0usize, 0usize);
+    let mut stdout = std::io::stdout().lock();
+    predict_run(&a.run, &inputs, a.device, &opts, |outcome| {
+        match outcome {
+            PredictOutcome::Scored(_) => scored += 1,
+            PredictOutcome::Failed(_) => failed += 1,
+        }
+        writeln!(stdout, "{}", serde_json::to_string(outcome)?)
+            .context("cannot write to stdout")?;
         Ok(())
     })?;
-    Ok(())
+    if failed == 0 {
+        eprintln!("predict: {scored} scored, 0 failed");
+        return Ok(());
+    }
+    eprintln!(
+        "predict: {scored} scored, {failed} failed (their lines on stdout have an \"error\")"
+    );
+    Err(Reported.into())
 }
 
 fn metrics_cmd(a: MetricsArgs) -> Result<()> {

@@ -193,15 +193,40 @@ fn oriented_dims((w, h): (u32, u32), orientation: image::metadata::Orientation) 
 /// [`DataError::NotFound`], [`DataError::IsDirectory`], [`DataError::EmptyFile`],
 /// [`DataError::UnsupportedFormat`], [`DataError::Decode`] (unreadable header).
 pub fn image_size(path: &Path) -> Result<(u32, u32), DataError> {
-    let reader = open_reader(path, "an image file")?;
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| map_image_error(path, e))?;
-    let dims = decoder.dimensions();
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    Ok(oriented_dims(dims, orientation))
+    header_dims(path, "an image file").map(|(_, oriented)| oriented)
+}
+
+/// A size `(W, H)` in pixels.
+type Dims = (u32, u32);
+
+/// The size `(W, H)` announced by the header of `path`, as stored and after EXIF orientation,
+/// without decoding pixels (the EXIF orientation is read the way decoding reads it: an
+/// unreadable one counts as none). `what` says what the file should be, for messages.
+fn header_dims(path: &Path, what: &str) -> Result<(Dims, Dims), DataError> {
+    let reader = open_reader(path, what)?;
+    guard(path, || {
+        let mut decoder = reader
+            .into_decoder()
+            .map_err(|e| map_image_error(path, e))?;
+        let dims = decoder.dimensions();
+        let orientation = decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        Ok((dims, oriented_dims(dims, orientation)))
+    })
+}
+
+/// [`image_size`] plus the checks decoding makes on the header: the stored size within
+/// `limits` and not empty ([`DataError::TooLarge`], [`DataError::Decode`]). `what` says what
+/// the file should be ("an image file", "a mask image file"), for messages.
+pub(crate) fn checked_image_size(
+    path: &Path,
+    limits: &DecodeLimits,
+    what: &str,
+) -> Result<(u32, u32), DataError> {
+    let (stored, oriented) = header_dims(path, what)?;
+    check_limits(path, stored, limits)?;
+    Ok(oriented)
 }
 
 fn check_limits(path: &Path, (w, h): (u32, u32), limits: &DecodeLimits) -> Result<(), DataError> {

@@ -179,6 +179,16 @@ pub enum DataError {
     /// An argument out of range (batch size 0, index past the end, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Several samples failed a check ([`crate::check_headers`]); the first ones are kept.
+    #[error("{count} of {checked} samples have a problem{}", list_first(first, *count))]
+    Several {
+        /// Number of samples with a problem.
+        count: usize,
+        /// Number of samples checked.
+        checked: usize,
+        /// The problems of the first samples, in sample order (each names its file).
+        first: Vec<DataError>,
+    },
     /// The loader's background worker stopped before delivering every batch.
     #[error("the batch loader's worker stopped unexpectedly after {delivered} of {total} batches")]
     LoaderStopped {
@@ -222,6 +232,21 @@ impl DataError {
             message: message.into(),
         }
     }
+}
+
+/// `"; first N: e1; e2 (and M more)"` for [`DataError::Several`].
+fn list_first(first: &[DataError], count: usize) -> String {
+    let mut out = format!("; the first {}: ", first.len());
+    for (i, e) in first.iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        let _ = write!(out, "{e}");
+    }
+    if count > first.len() {
+        let _ = write!(out, " (and {} more)", count - first.len());
+    }
+    out
 }
 
 /// Joins names as "a, b, c" (used in messages listing alternatives).

@@ -11,6 +11,8 @@
 //! * [`load_mask`] produces `[H, W]` 0/1 masks: binarise `> 0` at native size,
 //!   unite several masks, resize the 0/255 image with the same filter, keep `>= 128`
 //!   (i.e. `> 0.5` after scaling to `[0, 1]`).
+//! * [`check_headers`] checks a sample list from file headers only (readable images,
+//!   masks of their image's size), in seconds, before a long run relies on it.
 //! * [`Loader`] decodes batches `[B, 3, H, W]` in parallel (rayon) with at most
 //!   `prefetch` batches in memory, in a deterministic (optionally seeded
 //!   shuffled, [`shuffled_indices`]) order.
@@ -18,6 +20,7 @@
 //! No tensor library is used: tensors are plain row-major `Vec<f32>` / `Vec<u8>`.
 //! Errors are [`DataError`]s that name the offending file.
 
+mod check;
 mod dataset;
 mod decode;
 mod error;
@@ -28,6 +31,7 @@ mod open;
 mod preprocess;
 mod resize;
 
+pub use check::check_headers;
 pub use dataset::{Dataset, DatasetKind, Label, LayoutSource, OpenOptions, Sample, Split};
 pub use decode::{
     has_image_extension, image_size, load_rgb, load_rgb_from_bytes,

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use crate::dataset::Sample;
 use crate::decode::DecodeLimits;
 use crate::error::DataError;
-use crate::preprocess::{load_image_sized, load_mask_with_limits, Preprocess};
+use crate::preprocess::{load_image_sized, load_mask_counted, Preprocess};
 
 /// A uniform integer in `0..n` (`n > 0`) without modulo bias (Lemire's method).
 fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
@@ -95,6 +95,10 @@ pub struct Batch {
     pub images: Vec<f32>,
     /// `[B, H, W]` 0/1 ground-truth masks when the loader was asked for them.
     pub masks: Option<Vec<u8>>,
+    /// With [`Self::masks`]: the anomalous pixels of each sample's ground-truth mask at native
+    /// size, before the resize (0 for a sample without mask file, or whose mask is all zero),
+    /// e.g. to warn about an anomalous image whose mask marks nothing.
+    pub mask_pixels: Option<Vec<u64>>,
     /// Index of each batch element in the sample slice given to the loader.
     pub indices: Vec<usize>,
     /// Native size `(W, H)` of each image (after EXIF orientation), pixels.
@@ -114,6 +118,10 @@ impl Batch {
         self.indices.is_empty()
     }
 }
+
+/// What the loader keeps of a decoded sample besides its pixels: the native size `(W, H)` and
+/// the anomalous pixels of its mask at native size.
+type Loaded = ((u32, u32), u64);
 
 /// What the loader needs of a sample.
 struct Item {
@@ -150,13 +158,15 @@ impl Plan {
         let load = |(img_out, mask_out, item): (&mut [f32], Option<&mut [u8]>, &Item)| {
             let (pixels, dims) = load_image_sized(&item.image, pp, limits)?;
             img_out.copy_from_slice(&pixels);
+            let mut native = 0;
             if let Some(m) = mask_out {
-                let mask = load_mask_with_limits(&item.masks, Some(dims), pp.size, limits)?;
+                let (mask, n) = load_mask_counted(&item.masks, Some(dims), pp.size, limits)?;
                 m.copy_from_slice(&mask);
+                native = n;
             }
-            Ok::<_, DataError>(dims)
+            Ok::<_, DataError>((dims, native))
         };
-        let results: Vec<Result<(u32, u32), DataError>> = if with_masks {
+        let results: Vec<Result<Loaded, DataError>> = if with_masks {
             images
                 .par_chunks_mut(n_img)
                 .zip(masks.par_chunks_mut(n_mask))
@@ -170,10 +180,15 @@ impl Plan {
                 .map(|(i, it)| load((i, None, it)))
                 .collect()
         };
-        let native_sizes = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let (native_sizes, mask_pixels): (Vec<_>, Vec<_>) = results
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         Ok(Batch {
             images,
             masks: with_masks.then_some(masks),
+            mask_pixels: with_masks.then_some(mask_pixels),
             indices: items.iter().map(|it| it.index).collect(),
             native_sizes,
             size: pp.size,

@@ -199,6 +199,17 @@ pub fn load_mask_with_limits(
     size: (u32, u32),
     limits: &DecodeLimits,
 ) -> Result<Vec<u8>, DataError> {
+    load_mask_counted(paths, expected_size, size, limits).map(|(mask, _)| mask)
+}
+
+/// [`load_mask_with_limits`], also returning the number of anomalous pixels of the mask (the
+/// union) at native size, before the resize (0 for an all-zero mask or no mask file).
+pub(crate) fn load_mask_counted(
+    paths: &[PathBuf],
+    expected_size: Option<(u32, u32)>,
+    size: (u32, u32),
+    limits: &DecodeLimits,
+) -> Result<(Vec<u8>, u64), DataError> {
     let (h, w) = (size.0 as usize, size.1 as usize);
     if h == 0 || w == 0 {
         return Err(DataError::InvalidArgument(format!(
@@ -206,7 +217,7 @@ pub fn load_mask_with_limits(
         )));
     }
     if paths.is_empty() {
-        return Ok(vec![0u8; h * w]);
+        return Ok((vec![0u8; h * w], 0));
     }
     let mut union: Option<(Vec<u8>, (u32, u32))> = None;
     for path in paths {
@@ -231,11 +242,15 @@ pub fn load_mask_with_limits(
         }
     }
     let Some((bin, (nw, nh))) = union else {
-        return Ok(vec![0u8; h * w]);
+        return Ok((vec![0u8; h * w], 0));
     };
+    let native_pixels = bin.iter().map(|&v| u64::from(v)).sum();
     let as255: Vec<u8> = bin.iter().map(|v| v * 255).collect();
     let resized = resize_bilinear_u8(&as255, nw as usize, nh as usize, 1, w, h);
-    Ok(resized.into_iter().map(|v| u8::from(v >= 128)).collect())
+    Ok((
+        resized.into_iter().map(|v| u8::from(v >= 128)).collect(),
+        native_pixels,
+    ))
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use common::*;
 use image::{ImageBuffer, ImageEncoder, Luma, LumaA, Rgb, RgbImage};
-use omniad_data::{image_size, load_mask, load_rgb};
+use omniad_data::{
+    check_headers, image_size, load_mask, load_rgb, DataError, Label, Sample, Split,
+};
 
 /// A little-endian TIFF/EXIF block holding only `Orientation = value`.
 fn exif_orientation(value: u16) -> Vec<u8> {
@@ -162,4 +164,95 @@ fn bytes_decode_like_files() {
         ),
         "{err}"
     );
+}
+
+/// An anomalous test sample of class `c` with its masks.
+fn anomalous(image: &Path, masks: &[&Path]) -> Sample {
+    Sample::labelled(
+        "c",
+        Split::Test,
+        image.to_path_buf(),
+        Label::Anomaly,
+        "crack",
+        masks.iter().map(|m| m.to_path_buf()).collect(),
+    )
+}
+
+#[test]
+fn header_check_compares_sizes_as_the_loader_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Stored 8x4 with EXIF orientation 6: the image is 4x8 once oriented, as decoded.
+    let (jpg, png) = (d.join("o.jpg"), d.join("o.png"));
+    write_with_exif(&jpg, true);
+    write_with_exif(&png, false);
+    let tall = write_mask(&d.join("tall_mask.png"), 4, 8, (0, 0, 2, 2), 255);
+    let wide = write_mask(&d.join("wide_mask.png"), 8, 4, (0, 0, 2, 2), 255);
+    let good = write_rgb(&d.join("good.png"), 6, 5, [1, 2, 3]);
+    let good_mask = write_mask(&d.join("good_mask.png"), 6, 5, (0, 0, 1, 1), 255);
+    let fine = vec![
+        anomalous(&jpg, &[&tall]),
+        anomalous(&png, &[&tall, &tall]),
+        Sample::normal("c", Split::Test, good.clone()),
+        anomalous(&good, &[&good_mask]),
+    ];
+    // images + masks checked
+    assert_eq!(check_headers(&fine).unwrap(), 4 + 4);
+    assert_eq!(check_headers(&[]).unwrap(), 0);
+    // The loader agrees: the oriented size is the one masks must have.
+    for img in [&jpg, &png] {
+        let size = load_rgb(img).unwrap().dimensions();
+        assert!(load_mask(std::slice::from_ref(&tall), Some(size), (4, 4)).is_ok());
+        assert!(load_mask(std::slice::from_ref(&wide), Some(size), (4, 4)).is_err());
+    }
+
+    // One problem: that error itself, naming the mask and both sizes.
+    let err = check_headers(&[fine[2].clone(), anomalous(&png, &[&tall, &wide])]).unwrap_err();
+    assert!(matches!(err, DataError::MaskSizeMismatch { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("wide_mask.png") && text.contains("8x4") && text.contains("4x8"),
+        "{text}"
+    );
+
+    // Several: counted, the first ones listed in sample order, each naming its file.
+    let corrupt = write_bytes(&d.join("corrupt.png"), b"\x89PNG\r\n\x1a\n not a header");
+    let missing = d.join("missing_mask.png");
+    let bad = vec![
+        fine[0].clone(),
+        anomalous(&jpg, &[&wide]),
+        anomalous(&corrupt, &[]),
+        fine[1].clone(),
+        anomalous(&good, &[&missing]),
+    ];
+    let err = check_headers(&bad).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("3 of 5 samples have a problem"), "{text}");
+    let (a, b, c) = (
+        text.find("wide_mask.png").expect("mask named"),
+        text.find("corrupt.png").expect("image named"),
+        text.find("missing_mask.png").expect("missing mask named"),
+    );
+    assert!(a < b && b < c, "sample order: {text}");
+    match err {
+        DataError::Several {
+            count,
+            checked,
+            first,
+        } => {
+            assert_eq!((count, checked, first.len()), (3, 5, 3));
+            assert!(
+                matches!(first[2], DataError::NotFound { .. }),
+                "{}",
+                first[2]
+            );
+        }
+        other => panic!("expected Several, got {other}"),
+    }
+    // More than five: five listed, the rest counted.
+    let many: Vec<Sample> = (0..7).map(|_| anomalous(&corrupt, &[])).collect();
+    let text = check_headers(&many).unwrap_err().to_string();
+    assert!(text.starts_with("7 of 7 samples"), "{text}");
+    assert_eq!(text.matches("corrupt.png").count(), 5, "{text}");
+    assert!(text.ends_with("(and 2 more)"), "{text}");
 }

@@ -177,6 +177,16 @@ fn masks_are_loaded_per_sample() {
             }
         }
     }
+    // Native anomalous pixels: the 4x12 left half of the 8x12 masks; 0 without a mask.
+    assert_eq!(batches[0].mask_pixels, Some(vec![0, 48, 0, 48]));
+    // An all-zero mask marks no pixel; without masks requested there are no counts.
+    write_mask(&s[1].masks[0], 8, 12, (0, 0, 0, 0), 255);
+    let mut opts = LoaderOptions::new(4, plain_pp());
+    opts.with_masks = true;
+    let batches = collect(Loader::new(&s, opts).unwrap());
+    assert_eq!(batches[0].mask_pixels, Some(vec![0, 0, 0, 48]));
+    let batches = collect(Loader::new(&s, LoaderOptions::new(4, plain_pp())).unwrap());
+    assert_eq!(batches[0].mask_pixels, None);
 }
 
 #[test]

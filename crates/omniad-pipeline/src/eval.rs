@@ -1,5 +1,6 @@
 //! `omniad eval`: anomaly maps of a run's model on a test split, metrics per class and mean,
-//! calibrated decision thresholds, optional saved maps.
+//! the operating point at the stored thresholds, class recognition, optional saved maps; and
+//! `omniad calibrate` ([`calibrate_run`]), which fits thresholds on labelled images.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -84,7 +85,8 @@ pub struct ClassOperatingPoint {
 pub struct EvalOutput {
     /// Metrics per class and mean.
     pub report: Report,
-    /// Warnings to show the user (e.g. a class without anomalies).
+    /// Warnings to show the user (e.g. a class the model was not trained on, an anomalous test
+    /// image whose ground-truth mask is all zero).
     pub warnings: Vec<String>,
     /// `(class, image score, anomalous?)` of every test image, in dataset order.
     pub scores: Vec<(String, f64, bool)>,
@@ -204,6 +206,7 @@ pub fn evaluate_model(
         .as_ref()
         .map(|d| MapSaver::new(d, h, w))
         .transpose()?;
+    let mut empty_masks = Vec::new();
     for batch in loader {
         let batch = batch?;
         let b = batch.indices.len();
@@ -250,6 +253,10 @@ pub fn evaluate_model(
             let map = &maps[j * h * w..(j + 1) * h * w];
             let mask = batch.masks.as_ref().map(|m| &m[j * h * w..(j + 1) * h * w]);
             let label = sample.label == Label::Anomaly;
+            let native_pixels = batch.mask_pixels.as_ref().map(|v| v[j]);
+            if label && !sample.masks.is_empty() && native_pixels == Some(0) {
+                empty_masks.push(i);
+            }
             acc.push(ImageRecord {
                 class: &sample.class,
                 image_score: s[j],
@@ -279,6 +286,7 @@ pub fn evaluate_model(
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
+    warnings.extend(empty_mask_warnings(&ds.test, &empty_masks));
     if let Some(sv) = saver {
         sv.finish()?;
     }
@@ -291,6 +299,37 @@ pub fn evaluate_model(
         recognition,
         operating_points: Vec::new(),
     })
+}
+
+/// Anomalous test images whose all-zero masks are named one warning each (the rest are counted).
+const MAX_EMPTY_MASK_WARNINGS: usize = 20;
+
+/// One warning per anomalous test image `test[i]` (`i` of `empty`) whose ground-truth mask marks
+/// no pixel at all (at native size), naming the image and its mask files; after
+/// [`MAX_EMPTY_MASK_WARNINGS`] of them, one warning counts the others.
+fn empty_mask_warnings(test: &[omniad_data::Sample], empty: &[usize]) -> Vec<String> {
+    let mut out: Vec<String> = empty
+        .iter()
+        .take(MAX_EMPTY_MASK_WARNINGS)
+        .map(|&i| {
+            let s = &test[i];
+            let masks: Vec<String> = s.masks.iter().map(|m| m.display().to_string()).collect();
+            format!(
+                "{}: anomalous test image (class {}, defect {}) has an all-zero ground-truth mask ({}): it counts as anomalous in the image metrics but marks no pixel in the pixel metrics",
+                s.image.display(),
+                s.class,
+                s.defect,
+                masks.join(", ")
+            )
+        })
+        .collect();
+    if empty.len() > MAX_EMPTY_MASK_WARNINGS {
+        out.push(format!(
+            "{} more anomalous test images have an all-zero ground-truth mask",
+            empty.len() - MAX_EMPTY_MASK_WARNINGS
+        ));
+    }
+    out
 }
 
 /// Writes maps per class in the `omniad metrics` safetensors format, one class at a time (only

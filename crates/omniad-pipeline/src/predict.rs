@@ -10,7 +10,8 @@
 //! Sec. 3, reference `model/omniad.py` and ADer `util/metric.py`).
 //!
 //! # Output files
-//! With [`PredictOptions::out`] set, each image `<stem>.<ext>` gets, in that folder:
+//! With [`PredictOptions::out`] set, each image gets, in that folder (`<stem>` as described
+//! below):
 //! - `<stem>_overlay.png`: the anomaly map upsampled bilinearly (`align_corners = false`) to the
 //!   ORIGINAL image size, coloured with the Turbo colour map and blended on the image (see
 //!   [`crate::overlay::overlay`]). Colour scale: `[0, 2 * threshold]` when a threshold is known
@@ -19,16 +20,33 @@
 //! - `<stem>_mask.png`: 8-bit grayscale at the original size, 255 where the upsampled map is
 //!   `>= threshold`, 0 elsewhere. Not written when no threshold is known (a warning says so).
 //!
-//! Name collisions: when several inputs share a stem (compared case-insensitively, as on
-//! case-insensitive file systems), e.g. `a/001.png` and `b/001.png`, or when an output name
-//! would be one of the input files, the stem becomes `<stem>-<h>` with `h` the first 8 hex
-//! digits of the SHA-256 of the input path as given (stable from one call to the next); if a
-//! name is still taken, `-<index>` (position in the input list) is appended. Files of a
-//! previous call with the same names are replaced. The names used are in
-//! [`PredictRecord::overlay`] and [`PredictRecord::mask`]. Every PNG is written atomically
-//! (temporary file + rename), so an interrupted call leaves no partial file.
+//! Output names: each input's stem is its path relative to the longest common ancestor folder
+//! of all the inputs of the call (compared component by component after making the paths
+//! absolute with [`std::path::absolute`], without resolving `..` or symbolic links), without
+//! its extension, with the path separators replaced by `__` (see [`relative_stem`]). E.g. the
+//! inputs `data/a/test/001.png` and `data/b/test/001.png` give `a__test__001_overlay.png` and
+//! `b__test__001_overlay.png`; the folder `data/a/test` holding `good/001.png` and
+//! `crack/001.png` gives `good__001` and `crack__001` (the ancestor is that of the image files,
+//! so a folder whose images are all in `good/` gives `001`); a single file, or files of one
+//! folder, keep their plain stems. A stem longer than 200 bytes keeps its last 200 bytes. When stems
+//! still collide (compared case-insensitively, as on case-insensitive file systems: e.g.
+//! `x.png` and `x.jpg`, or `A.png` and `a.png`), or when an output name would be one of the
+//! input files, each stem concerned gets `-<index>` appended, `index` being the input's position
+//! in the list (from 0). The names depend only on the input list, so they are stable from one
+//! call to the next; files of a previous call with the same names are replaced. The names used
+//! are in [`PredictRecord::overlay`] and [`PredictRecord::mask`]. Every PNG is written
+//! atomically (temporary file + rename), so an interrupted call leaves no partial file.
+//!
+//! # Bad images
+//! An image that cannot be scored (missing, unreadable, corrupt or truncated, not an image, a
+//! non-finite score, a PNG that cannot be written) does not stop the call: its outcome is a
+//! [`PredictFailure`] naming the file and the problem, in input order, and the other images of
+//! its batch and the later batches are scored as usual (see [`PredictOutcome`]). Errors that
+//! concern the whole call (options, device, run folder, output folder, a libtorch failure of a
+//! forward pass) stop it before any further image.
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::{GrayImage, RgbImage};
@@ -39,7 +57,6 @@ use omniad_model::recognition::{ClassBank, Recognition};
 use omniad_model::OmniAd;
 use rayon::prelude::*;
 use serde::{Serialize, Serializer};
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::device::{libtorch, ComputeDevice};
@@ -157,6 +174,75 @@ pub struct Judgement {
     pub bounds: Option<(f64, f64)>,
 }
 
+/// An input image [`predict_run`] could not score, and why; printed by `omniad predict` as the
+/// JSON line `{"path": ..., "error": ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PredictFailure {
+    /// The input file, as given or found in a given folder.
+    #[serde(serialize_with = "lossy_path")]
+    pub path: PathBuf,
+    /// What went wrong, on one line, naming the file (e.g. `scan.png: cannot decode image
+    /// (corrupt or truncated file?): ...`).
+    pub error: String,
+}
+
+impl fmt::Display for PredictFailure {
+    /// The error message (it names the file).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl std::error::Error for PredictFailure {}
+
+/// What became of one input of [`predict_run`]. Serialised untagged: the [`PredictRecord`] of a
+/// scored image, or the [`PredictFailure`] `{"path", "error"}` of one that could not be scored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PredictOutcome {
+    /// The image was scored (and its pictures written, with an output folder).
+    Scored(PredictRecord),
+    /// The image could not be scored; the others were.
+    Failed(PredictFailure),
+}
+
+impl PredictOutcome {
+    /// The input file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Scored(r) => &r.path,
+            Self::Failed(f) => &f.path,
+        }
+    }
+
+    /// The record of a scored image; `None` for a failure.
+    pub fn record(&self) -> Option<&PredictRecord> {
+        match self {
+            Self::Scored(r) => Some(r),
+            Self::Failed(_) => None,
+        }
+    }
+
+    /// The failure of an image that could not be scored; `None` for a scored one.
+    pub fn failure(&self) -> Option<&PredictFailure> {
+        match self {
+            Self::Scored(_) => None,
+            Self::Failed(f) => Some(f),
+        }
+    }
+
+    /// The record, or the failure as an error.
+    ///
+    /// # Errors
+    /// The [`PredictFailure`] of an image that could not be scored.
+    pub fn into_result(self) -> std::result::Result<PredictRecord, PredictFailure> {
+        match self {
+            Self::Scored(r) => Ok(r),
+            Self::Failed(f) => Err(f),
+        }
+    }
+}
+
 /// Paths as JSON strings even when they are not valid UTF-8 (serde's own impl fails then).
 fn lossy_path<S: Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
@@ -236,24 +322,92 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// First 8 hex digits of the SHA-256 of a path's text.
-fn path_hash(p: &Path) -> String {
-    let digest = Sha256::digest(p.to_string_lossy().as_bytes());
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+/// Longest stem, in bytes, of an output file (its end is kept), so that `<stem>-<index>_overlay.png`
+/// stays within the usual 255-byte limit of a file name.
+const MAX_STEM_BYTES: usize = 200;
+
+/// The longest common ancestor folder of the files `paths`: the longest common leading
+/// components of their parent folders, compared lexically (no file system access). Give it
+/// absolute paths (as [`output_stems`] does) for a meaningful answer; with no path, the empty
+/// path.
+pub fn common_ancestor(paths: &[PathBuf]) -> PathBuf {
+    let mut parents = paths
+        .iter()
+        .map(|p| p.parent().unwrap_or_else(|| Path::new("")));
+    let Some(first) = parents.next() else {
+        return PathBuf::new();
+    };
+    let mut common: Vec<Component> = first.components().collect();
+    for parent in parents {
+        let n = common
+            .iter()
+            .zip(parent.components())
+            .take_while(|(a, b)| **a == *b)
+            .count();
+        common.truncate(n);
+    }
+    common.iter().collect()
 }
 
-/// The output stem of each input (`<out>/<stem>_overlay.png`, `<out>/<stem>_mask.png`), unique
-/// case-insensitively; see the module docs for the rule. `out` should exist (it is
-/// canonicalised to detect outputs that would overwrite an input).
-pub fn output_stems(inputs: &[PathBuf], out: &Path) -> Vec<String> {
-    let base: Vec<String> = inputs
-        .iter()
-        .map(|p| {
-            p.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "image".to_string())
+/// The output stem of the file `path` below the folder `ancestor`: its path relative to
+/// `ancestor` (all of `path` when it is not below it), without the extension, the components
+/// joined with `__` (e.g. `good/001.png` below `data/a/test` gives `good__001`; `..` stays
+/// `..`), at most 200 bytes (the end is kept). A file without a stem gives `image`.
+pub fn relative_stem(path: &Path, ancestor: &Path) -> String {
+    let rel = path.strip_prefix(ancestor).unwrap_or(path);
+    let mut parts: Vec<String> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".to_string()),
+            Component::Prefix(p) => Some(
+                p.as_os_str()
+                    .to_string_lossy()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric())
+                    .collect(),
+            ),
+            Component::RootDir | Component::CurDir => None,
         })
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(last) = parts.pop() {
+        let stem = Path::new(&last)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !stem.is_empty() {
+            parts.push(stem);
+        }
+    }
+    if parts.is_empty() {
+        return "image".to_string();
+    }
+    let mut stem = parts.join("__");
+    if stem.len() > MAX_STEM_BYTES {
+        let mut cut = stem.len() - MAX_STEM_BYTES;
+        while !stem.is_char_boundary(cut) {
+            cut += 1;
+        }
+        stem.drain(..cut);
+    }
+    stem
+}
+
+/// The output stem of each input (`<out>/<stem>_overlay.png`, `<out>/<stem>_mask.png`): its path
+/// relative to the common ancestor folder of all inputs ([`common_ancestor`] of the absolute
+/// paths, [`relative_stem`]), unique case-insensitively, `-<index>` appended where needed; see
+/// the module docs for the rule. `out` should exist (it is canonicalised to detect outputs that
+/// would overwrite an input).
+pub fn output_stems(inputs: &[PathBuf], out: &Path) -> Vec<String> {
+    let absolute: Vec<PathBuf> = inputs
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let ancestor = common_ancestor(&absolute);
+    let base: Vec<String> = absolute
+        .iter()
+        .map(|p| relative_stem(p, &ancestor))
         .collect();
     let mut count: HashMap<String, usize> = HashMap::new();
     for b in &base {
@@ -269,12 +423,13 @@ pub fn output_stems(inputs: &[PathBuf], out: &Path) -> Vec<String> {
     };
     let mut used = HashSet::new();
     let mut stems = Vec::with_capacity(inputs.len());
-    for (i, (p, b)) in inputs.iter().zip(&base).enumerate() {
+    for (i, b) in base.iter().enumerate() {
         let mut stem = b.clone();
         if count[&b.to_lowercase()] > 1 || clobbers_input(&stem) {
-            stem = format!("{b}-{}", path_hash(p));
+            stem = format!("{b}-{i}");
         }
-        if used.contains(&stem.to_lowercase()) || clobbers_input(&stem) {
+        // `<b>-<i>` may be another input's plain stem: lengthen until unique.
+        while used.contains(&stem.to_lowercase()) || clobbers_input(&stem) {
             stem = format!("{stem}-{i}");
         }
         used.insert(stem.to_lowercase());
@@ -695,9 +850,88 @@ fn validate(opts: &PredictOptions) -> Result<()> {
     Ok(())
 }
 
+/// What every scored image of a [`predict_run`] call shares: the scorer (whose checkpoint holds
+/// the thresholds and the class recognition), the given class and threshold override, the
+/// checkpoint (named in messages) and the pictures' folder and blend factor.
+struct RecordContext<'a> {
+    scorer: &'a Scorer,
+    class: Option<&'a str>,
+    threshold: Option<f64>,
+    ckpt: &'a Path,
+    out: Option<&'a Path>,
+    alpha: f32,
+}
+
+/// The record of the scored image `j` of `scored` (`img` decoded from `path`): its judgement
+/// ([`Scorer::judge`]: class, thresholds), [`make_record`], then, with an output folder, its overlay and mask written as `<out>/<stem>_overlay.png` and
+/// `<out>/<stem>_mask.png` (the mask, `map >= pixel threshold`, only with a threshold). The one place where
+/// [`predict_run`] makes the record of a scored image.
+///
+/// # Errors
+/// Those of [`make_record`] (a non-finite score), an anomaly map that cannot be upsampled, a
+/// picture that cannot be rendered or written; each message names `path`.
+fn scored_record(
+    ctx: &RecordContext,
+    path: &Path,
+    img: &RgbImage,
+    scored: &Scored,
+    j: usize,
+    stem: Option<&str>,
+) -> Result<PredictRecord> {
+    let judgement = ctx.scorer.judge(scored, j, ctx.class, ctx.threshold)?;
+    let mut record = make_record(
+        path,
+        scored.scores[j],
+        &judgement,
+        img.dimensions(),
+        ctx.ckpt,
+    )?;
+    if let (Some(out), Some(stem)) = (ctx.out, stem) {
+        let (iw, ih) = img.dimensions();
+        let named = || format!("{}: cannot make its pictures", path.display());
+        let map = scored.map_at(j, iw, ih).with_context(named)?;
+        let (picture, mask) =
+            render(img, &map, judgement.pixel_threshold, ctx.alpha).with_context(named)?;
+        let overlay_path = out.join(format!("{stem}_overlay.png"));
+        overlay::write_rgb_png(&overlay_path, &picture)
+            .with_context(|| format!("{}: cannot write its overlay", path.display()))?;
+        record.overlay = Some(overlay_path);
+        if let Some(mask) = mask {
+            let mask_path = out.join(format!("{stem}_mask.png"));
+            overlay::write_gray_png(&mask_path, &mask)
+                .with_context(|| format!("{}: cannot write its mask", path.display()))?;
+            record.mask = Some(mask_path);
+        }
+    }
+    Ok(record)
+}
+
+/// An error and its causes on one line, `outer: inner: ...`, skipping a cause whose message the
+/// previous one already ends with (errors that print their source themselves).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !msg.is_empty() && msg.ends_with(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg.replace('\n', " ")
+}
+
 /// Scores `inputs` with the model of the run folder `run` on `device` (`cpu`, `cuda`,
 /// `cuda:N`), writes overlays and masks when `opts.out` is set (see the module docs), calls
-/// `on_record` for each image as soon as it is done (in input order) and returns all records.
+/// `on_record` with the outcome of each image as soon as it is done (in input order) and returns
+/// all outcomes, in input order.
+///
+/// Every input gets an outcome: an image that cannot be scored (missing, unreadable, corrupt,
+/// not an image, a non-finite score, a PNG that cannot be written) is a
+/// [`PredictOutcome::Failed`] naming the file and the problem, and the other images of its batch
+/// and the later batches are scored as usual (the batch then holds fewer images).
 ///
 /// Class and thresholds per image by [`Scorer::judge`]: the class `opts.per_class`, else the
 /// recognised one; `opts.threshold`, else the class's calibrated thresholds, else the global
@@ -710,18 +944,17 @@ fn validate(opts: &PredictOptions) -> Result<()> {
 ///
 /// # Errors
 /// Checked before any image is read: invalid options (batch size 0, alpha outside `[0, 1]`,
-/// non-finite threshold), an unknown device, a run folder without a (valid) checkpoint, an
-/// output folder that cannot be created or written, a `per_class` without a calibrated
-/// threshold. Then, stopping at the first: an unreadable or corrupt image (the message names
-/// the file), a non-finite image score (named), a PNG that cannot be written (named), or an
-/// error returned by `on_record`.
+/// non-finite threshold), no input, an unknown device, a run folder without a (valid)
+/// checkpoint, an output folder that cannot be created or written, a `per_class` without a
+/// calibrated threshold. Then, stopping the call: a libtorch failure of a forward pass (e.g. out
+/// of memory), or an error returned by `on_record`.
 pub fn predict_run(
     run: &Path,
     inputs: &[PathBuf],
     device: ComputeDevice,
     opts: &PredictOptions,
-    mut on_record: impl FnMut(&PredictRecord) -> Result<()>,
-) -> Result<Vec<PredictRecord>> {
+    mut on_record: impl FnMut(&PredictOutcome) -> Result<()>,
+) -> Result<Vec<PredictOutcome>> {
     validate(opts)?;
     if inputs.is_empty() {
         bail!("no input image given");
@@ -743,37 +976,55 @@ pub fn predict_run(
             tracing::warn!("no decision threshold: binary masks are not written (overlays are)");
         }
     }
-    let mut records = Vec::with_capacity(inputs.len());
+    let ctx = RecordContext {
+        scorer: &scorer,
+        class: opts.per_class.as_deref(),
+        threshold: opts.threshold,
+        ckpt: &ckpt,
+        out: opts.out.as_deref(),
+        alpha: opts.alpha,
+    };
+    let mut outcomes = Vec::with_capacity(inputs.len());
     for (chunk_no, chunk) in inputs.chunks(opts.batch_size).enumerate() {
         let decoded: Vec<_> = chunk.par_iter().map(|p| load_rgb(p)).collect();
+        // The decoded images, scored together; each input's place among them, or its error.
         let mut images = Vec::with_capacity(chunk.len());
+        let mut slots = Vec::with_capacity(chunk.len());
         for item in decoded {
-            images.push(item?);
+            slots.push(item.map(|img| {
+                images.push(img);
+                images.len() - 1
+            }));
         }
-        let scored = scorer.score(&images)?;
-        for (j, (path, img)) in chunk.iter().zip(&images).enumerate() {
-            let judgement = scorer.judge(&scored, j, opts.per_class.as_deref(), opts.threshold)?;
-            let mut record =
-                make_record(path, scored.scores[j], &judgement, img.dimensions(), &ckpt)?;
-            if let (Some(out), Some(stems)) = (&opts.out, &stems) {
-                let stem = &stems[chunk_no * opts.batch_size + j];
-                let (iw, ih) = img.dimensions();
-                let map = scored.map_at(j, iw, ih)?;
-                let (picture, mask) = render(img, &map, judgement.pixel_threshold, opts.alpha)?;
-                let overlay_path = out.join(format!("{stem}_overlay.png"));
-                overlay::write_rgb_png(&overlay_path, &picture)?;
-                record.overlay = Some(overlay_path);
-                if let Some(mask) = mask {
-                    let mask_path = out.join(format!("{stem}_mask.png"));
-                    overlay::write_gray_png(&mask_path, &mask)?;
-                    record.mask = Some(mask_path);
-                }
-            }
-            on_record(&record)?;
-            records.push(record);
+        let scored = if images.is_empty() {
+            None
+        } else {
+            Some(scorer.score(&images)?)
+        };
+        for (k, (path, slot)) in chunk.iter().zip(slots).enumerate() {
+            let stem = stems
+                .as_ref()
+                .map(|s| s[chunk_no * opts.batch_size + k].as_str());
+            let result = match (slot, &scored) {
+                (Ok(j), Some(scored)) => scored_record(&ctx, path, &images[j], scored, j, stem),
+                (Ok(_), None) => Err(anyhow::anyhow!(
+                    "{}: decoded but not scored",
+                    path.display()
+                )),
+                (Err(e), _) => Err(e.into()),
+            };
+            let outcome = match result {
+                Ok(record) => PredictOutcome::Scored(record),
+                Err(e) => PredictOutcome::Failed(PredictFailure {
+                    path: path.clone(),
+                    error: error_line(&e),
+                }),
+            };
+            on_record(&outcome)?;
+            outcomes.push(outcome);
         }
     }
-    Ok(records)
+    Ok(outcomes)
 }
 
 /// Bilinear resize (`align_corners = false`, PyTorch's `F.interpolate` default) of one anomaly

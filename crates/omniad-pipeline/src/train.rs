@@ -201,6 +201,15 @@ fn startup_summary(
     } else {
         String::new()
     };
+    let test_check = if ds.test.is_empty() {
+        "  test split: none (nothing to check)".to_string()
+    } else {
+        format!(
+            "  test split: {} images and {} masks checked from their headers (readable, masks of their image's size)",
+            ds.test.len(),
+            ds.test.iter().map(|s| s.masks.len()).sum::<usize>()
+        )
+    };
     let decay = (0..cfg.epochs)
         .find(|&e| step_lr(1.0, e, cfg.epochs) < 1.0)
         .map_or("constant".to_string(), |e| {
@@ -216,6 +225,7 @@ fn startup_summary(
             ds.classes.len(),
             classes.join(", ")
         ),
+        test_check,
         format!(
             "  model: teacher {} (frozen, {:.2} M), decoder depths {:?}, {}x{} px, {:.2} M trainable parameters",
             m.teacher,
@@ -471,9 +481,13 @@ fn teacher_floats_per_image(model: &OmniAd) -> Result<u64> {
 /// `model.json` (checkpoint, atomically), `train_state.safetensors` + `train_state.json`
 /// (optimiser and position, for `--resume`), `train_log.jsonl` (one JSON object per step).
 ///
+/// Before training, the test split that `omniad eval` will read is checked from file headers
+/// only ([`omniad_data::check_headers`]): an unreadable image header or a mask whose size differs
+/// from its image's stops the call in seconds.
+///
 /// # Errors
-/// Bad configuration, unreadable data or teacher weights, an unwritable run folder; each message
-/// names the file or setting.
+/// Bad configuration, unreadable data or teacher weights, an unwritable run folder, a test split
+/// that fails the header check; each message names the file or setting.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     cfg.validate()?;
     let device = cfg.device.open()?;
@@ -481,6 +495,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let _lock = runs::prepare_run_dir(&paths, opts.resume)?;
 
     let mut ds = open_train_dataset(&cfg.data)?;
+    // The test split `omniad eval` will read, from file headers only: a bad file stops the run
+    // here, in seconds, instead of after training.
+    omniad_data::check_headers(&ds.test).with_context(|| {
+        format!(
+            "{}: the test split, checked before training, cannot be evaluated",
+            cfg.data.data_root.display()
+        )
+    })?;
     let val = split_validation(&mut ds, &cfg.calibration, cfg.seed);
     let n = ds.train.len();
     let batches_per_epoch = if cfg.drop_last {

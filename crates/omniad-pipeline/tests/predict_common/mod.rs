@@ -9,7 +9,7 @@ use omniad_data::{load_rgb, preprocess_rgb};
 use omniad_model::checkpoint::{self, Thresholds};
 use omniad_model::{OmniAd, OmniAdConfig, TeacherArch};
 use omniad_pipeline::input::preprocess_for;
-use omniad_pipeline::predict::PredictRecord;
+use omniad_pipeline::predict::{PredictOutcome, PredictRecord};
 use tch::{Device, Kind, Tensor};
 
 /// A small model (non-square input, so that H/W mix-ups show) that builds in well under a second.
@@ -110,14 +110,15 @@ pub fn write_gray16(path: &Path, w: u32, h: u32, seed: u32) {
         .expect("write test image");
 }
 
-/// Runs `predict_run` collecting what `on_record` saw, and checks it equals the returned list.
-pub fn predict(
+/// Runs `predict_run` collecting what `on_record` saw, checks it equals the returned list, and
+/// returns the outcome of every input.
+pub fn predict_outcomes(
     run: &Path,
     inputs: &[PathBuf],
     opts: &omniad_pipeline::predict::PredictOptions,
-) -> anyhow::Result<Vec<PredictRecord>> {
+) -> anyhow::Result<Vec<PredictOutcome>> {
     let mut seen = Vec::new();
-    let records = omniad_pipeline::predict::predict_run(
+    let outcomes = omniad_pipeline::predict::predict_run(
         run,
         inputs,
         omniad_pipeline::device::ComputeDevice::Cpu,
@@ -127,8 +128,24 @@ pub fn predict(
             Ok(())
         },
     )?;
-    assert_eq!(seen, records, "on_record must see every record, in order");
-    Ok(records)
+    assert_eq!(seen, outcomes, "on_record must see every outcome, in order");
+    let paths: Vec<&Path> = outcomes.iter().map(|o| o.path()).collect();
+    let want: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    assert_eq!(paths, want, "one outcome per input, in input order");
+    Ok(outcomes)
+}
+
+/// [`predict_outcomes`] where every image should be scored: the records, or the first image's
+/// failure as the error.
+pub fn predict(
+    run: &Path,
+    inputs: &[PathBuf],
+    opts: &omniad_pipeline::predict::PredictOptions,
+) -> anyhow::Result<Vec<PredictRecord>> {
+    predict_outcomes(run, inputs, opts)?
+        .into_iter()
+        .map(|o| o.into_result().map_err(anyhow::Error::from))
+        .collect()
 }
 
 /// Names of the files in a folder, sorted.
