@@ -210,18 +210,39 @@ struct TrainArgs {
     quiet: bool,
 }
 
+/// Which test split `eval` and `calibrate` read (by default the run's own dataset).
+#[derive(Args, Debug)]
+struct TestDataArgs {
+    /// Dataset layout (default: the one the run was trained on).
+    #[arg(long)]
+    dataset: Option<DatasetKind>,
+    /// Dataset root (default: the run's).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Classes to read (default: the run's).
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+}
+
+impl TestDataArgs {
+    /// The dataset for `run`: these flags, else the run's `config.toml`.
+    fn open(&self, run: &std::path::Path) -> Result<omniad_data::Dataset> {
+        dataset_for_run(
+            run,
+            self.dataset,
+            self.data_root.as_deref(),
+            self.classes.as_deref(),
+        )
+    }
+}
+
 #[derive(Args, Debug)]
 struct EvalArgs {
     /// Run folder (with model.json).
     #[arg(long)]
     run: PathBuf,
-    /// Dataset layout (default: the one the run was trained on).
-    #[arg(long)]
-    dataset: Option<DatasetKind>,
-    #[arg(long)]
-    data_root: Option<PathBuf>,
-    #[arg(long, value_delimiter = ',')]
-    classes: Option<Vec<String>>,
+    #[command(flatten)]
+    data: TestDataArgs,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: ComputeDevice,
@@ -250,13 +271,8 @@ struct CalibrateArgs {
     /// Run folder (with model.json); its thresholds are replaced for the classes calibrated.
     #[arg(long)]
     run: PathBuf,
-    /// Dataset layout (default: the one the run was trained on).
-    #[arg(long)]
-    dataset: Option<DatasetKind>,
-    #[arg(long)]
-    data_root: Option<PathBuf>,
-    #[arg(long, value_delimiter = ',')]
-    classes: Option<Vec<String>>,
+    #[command(flatten)]
+    data: TestDataArgs,
     /// f1 (largest F1 on normal and anomalous images), fpr:RATE (false-alarm rate on the normal
     /// images at most RATE, e.g. fpr:0.01) or quantile:Q (quantile Q of the normal scores).
     #[arg(long)]
@@ -269,12 +285,7 @@ struct CalibrateArgs {
 }
 
 fn calibrate_cmd(a: CalibrateArgs) -> Result<()> {
-    let ds = dataset_for_run(
-        &a.run,
-        a.dataset,
-        a.data_root.as_deref(),
-        a.classes.as_deref(),
-    )?;
+    let ds = a.data.open(&a.run)?;
     let opts = EvalOptions {
         batch_size: a.batch_size as usize,
         progress: true,
@@ -470,23 +481,6 @@ fn exit_on_clap_error(e: clap::Error) -> ! {
     std::process::exit(e.exit_code());
 }
 
-/// The error and its causes on one line, `outer: inner: ...`, skipping a cause whose message the
-/// previous one already ends with (errors that print their source themselves).
-fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !msg.is_empty() && msg.ends_with(&s) {
-            continue;
-        }
-        if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        msg.push_str(&s);
-    }
-    msg.replace('\n', " ")
-}
-
 fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|e| exit_on_clap_error(e));
     let level = match cli.verbose {
@@ -511,7 +505,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Reported>() => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", omniad_pipeline::predict::error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -876,12 +870,7 @@ fn stop_signals(flag: Arc<AtomicBool>) -> Result<Arc<AtomicI32>> {
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
-    let ds = dataset_for_run(
-        &a.run,
-        a.dataset,
-        a.data_root.as_deref(),
-        a.classes.as_deref(),
-    )?;
+    let ds = a.data.open(&a.run)?;
     let opts = EvalOptions {
         metrics: MetricOptions {
             ader: a.ader,

@@ -204,6 +204,13 @@ pub fn fit_decisions(
     }
     let (bank, fit) = ClassBank::fit(classes.to_vec(), &train_sets, &val_sets, cfg.unknown_margin)
         .map_err(anyhow::Error::msg)?;
+    for (name, f) in &fit {
+        if f.unknown_distance == 0.0 {
+            warnings.push(format!(
+                "class {name}: one training image and no held-out image give no distance scale, so every image recognised as {name} is reported unknown_class; add normal images of it"
+            ));
+        }
+    }
 
     let thresholds = if val.is_empty() {
         warnings.push(

@@ -907,8 +907,9 @@ fn scored_record(
 }
 
 /// An error and its causes on one line, `outer: inner: ...`, skipping a cause whose message the
-/// previous one already ends with (errors that print their source themselves).
-fn error_line(e: &anyhow::Error) -> String {
+/// previous one already ends with (errors that print their source themselves). Used for the
+/// `{"path", "error"}` lines of `omniad predict` and the CLI's `error:` line.
+pub fn error_line(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in e.chain() {
         let s = cause.to_string();

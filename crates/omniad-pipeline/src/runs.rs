@@ -230,7 +230,8 @@ pub struct Snapshot<'a> {
 pub struct Finalised<'a> {
     /// The class-recognition bank and its description.
     pub bank: (&'a ClassBank, RecognitionMeta),
-    /// Thresholds fitted on held-out images (`None`: none could be fitted).
+    /// Thresholds fitted on held-out images (`None`: none could be fitted; those an existing
+    /// `model.json` holds are kept then).
     pub thresholds: Option<Thresholds>,
 }
 
@@ -252,11 +253,18 @@ fn stage_checkpoint(paths: &RunPaths, staging: &Path, snap: &Snapshot<'_>) -> Re
     fault_point("save:start");
     match finalised {
         Some(f) => {
+            // no held-out images (e.g. an older run extended with more epochs): keep what
+            // model.json holds
+            let thresholds = f.thresholds.clone().or_else(|| {
+                checkpoint::read_meta(&paths.model_json)
+                    .ok()
+                    .and_then(|m| m.thresholds)
+            });
             checkpoint::save_full(
                 model,
                 staging,
                 "model",
-                f.thresholds.clone(),
+                thresholds,
                 provenance.clone(),
                 Some((f.bank.0, f.bank.1.clone())),
             )?;

@@ -13,16 +13,6 @@ use std::process::Command;
 
 use omniad_report::{write_report, ReportOptions};
 
-fn chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OMNIAD_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
 /// Runs Chromium headless on `page` with `extra` flags; returns (stdout, stderr).
 fn headless(bin: &Path, page: &Path, profile: &Path, extra: &[&str]) -> (String, String) {
     let url = format!("file://{}", page.display());
@@ -65,7 +55,7 @@ fn console_problems(stderr: &str) -> Vec<&str> {
 
 #[test]
 fn report_renders_in_headless_chromium_without_requests() {
-    let Some(bin) = chromium() else {
+    let Some(bin) = omniad_testkit::chromium() else {
         println!(
             "notice: Chromium not found (/usr/bin/chromium, OMNIAD_CHROMIUM): browser test skipped"
         );

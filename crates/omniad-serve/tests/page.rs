@@ -8,20 +8,10 @@
 //! of the build machine.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::{png, request, TestServer, INPUT};
-
-fn chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OMNIAD_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
 
 /// `node` when its version is at least 20.10 (the WebSocket client the script uses).
 fn node() -> Option<&'static str> {
@@ -35,7 +25,7 @@ fn node() -> Option<&'static str> {
 
 #[test]
 fn page_uploads_an_image_and_shows_verdict_overlay_and_mask() {
-    let (Some(chromium), Some(node)) = (chromium(), node()) else {
+    let (Some(chromium), Some(node)) = (omniad_testkit::chromium(), node()) else {
         eprintln!("notice: Chromium or Node >= 20.10 not installed; the page test is skipped");
         return;
     };

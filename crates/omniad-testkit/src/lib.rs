@@ -11,6 +11,19 @@
 //!   below for [`parity_dirs`]).
 use std::path::{Path, PathBuf};
 
+/// The headless browser of the browser tests: `OMNIAD_CHROMIUM`, else Debian's
+/// `/usr/bin/chromium` (or `chromium-browser`); `None` when none is installed (the tests then
+/// say so and pass; `.ci/run` installs it).
+pub fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("OMNIAD_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
 /// The repository root (two levels above this crate's manifest).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
