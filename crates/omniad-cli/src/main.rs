@@ -16,7 +16,9 @@ use omniad_pipeline::config::{FeatureCache, TrainConfig};
 use omniad_pipeline::demo::{run_demo, DemoConfig};
 use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::eval::{dataset_for_run, eval_run, EvalOptions};
-use omniad_pipeline::predict::{collect_inputs, predict_run, PredictOptions, PredictOutcome};
+use omniad_pipeline::predict::{
+    collect_inputs_reporting, predict_run, PredictOptions, PredictOutcome,
+};
 use omniad_pipeline::{train, TrainOptions};
 use omniad_report::{default_output, write_report, ReportOptions};
 
@@ -202,6 +204,12 @@ struct TrainArgs {
     /// threshold [default: 0.999].
     #[arg(long)]
     pixel_quantile: Option<f64>,
+    /// Class recognition: an image is of an unknown class when it is farther from its nearest
+    /// class than (1 + M) x the largest distance that class's own normal images show. Raise it
+    /// when the line's images vary more than the training images (other compression, crops,
+    /// orientation), lower it to flag foreign products sooner [default: 1.0].
+    #[arg(long)]
+    unknown_margin: Option<f64>,
     /// Continue the run in --out from its last checkpoint (its config.toml is used).
     #[arg(long)]
     resume: bool,
@@ -319,7 +327,8 @@ struct PredictArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Decision threshold on the image score and the mask (default: the class's calibrated
-    /// thresholds).
+    /// thresholds). Not applied to an image of an unknown class (it gets no verdict); pass
+    /// --class to judge such images as that class.
     #[arg(long, allow_negative_numbers = true)]
     threshold: Option<f64>,
     /// The class of every image (default: recognised per image from the teacher's features;
@@ -675,6 +684,7 @@ impl TrainArgs {
                 ("--val-fraction", self.val_fraction.is_some()),
                 ("--image-quantile", self.image_quantile.is_some()),
                 ("--pixel-quantile", self.pixel_quantile.is_some()),
+                ("--unknown-margin", self.unknown_margin.is_some()),
             ]
             .into_iter()
             .filter_map(|(name, given)| given.then_some(name))
@@ -720,6 +730,7 @@ impl TrainArgs {
             self.val_fraction => cfg.calibration.val_fraction,
             self.image_quantile => cfg.calibration.image_quantile,
             self.pixel_quantile => cfg.calibration.pixel_quantile,
+            self.unknown_margin => cfg.calibration.unknown_margin,
         );
         if self.keep_last_batch {
             cfg.drop_last = false;
@@ -920,7 +931,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
 
 /// The operating point per class at the stored thresholds, as a text table.
 fn operating_table(points: &[omniad_pipeline::eval::ClassOperatingPoint]) -> String {
-    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{:.1}", 100.0 * x));
+    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{:.1}%", 100.0 * x));
     let mut out = String::from(
         "operating point at the stored thresholds (anomalous = image score >= threshold)\n\
          class                 threshold (source)       TP    FP    TN    FN  precision  recall  false alarms\n",
@@ -931,10 +942,10 @@ fn operating_table(points: &[omniad_pipeline::eval::ClassOperatingPoint]) -> Str
     for p in points {
         let o = &p.point;
         out.push_str(&format!(
-            "{:<20} {:>10.5} ({:<6}) {:>8} {:>5} {:>5} {:>5} {:>9}% {:>6}% {:>12}%\n",
+            "{:<20} {:>10.5} {:<8} {:>8} {:>5} {:>5} {:>5} {:>10} {:>7} {:>13}\n",
             p.class,
             o.threshold,
-            p.threshold_source,
+            format!("({})", p.threshold_source),
             o.tp,
             o.fp,
             o.tn,
@@ -1013,7 +1024,7 @@ fn report_cmd(a: ReportArgs) -> Result<()> {
 }
 
 fn predict_cmd(a: PredictArgs) -> Result<()> {
-    let inputs = collect_inputs(&a.paths)?;
+    let (inputs, unreadable) = collect_inputs_reporting(&a.paths)?;
     let opts = PredictOptions {
         threshold: a.threshold,
         per_class: a.class,
@@ -1021,8 +1032,21 @@ fn predict_cmd(a: PredictArgs) -> Result<()> {
         batch_size: a.batch_size as usize,
         alpha: 0.5,
     };
-    let (mut scored, mut failed) = (0usize, 0usize);
+    let (mut scored, mut failed) = (0usize, unreadable.len());
     let mut stdout = std::io::stdout().lock();
+    // folder entries that could not be read: an error line each, first
+    for f in unreadable {
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::to_string(&PredictOutcome::Failed(f))?
+        )
+        .context("cannot write to stdout")?;
+    }
+    if inputs.is_empty() {
+        eprintln!("predict: 0 scored, {failed} failed (their lines on stdout have an \"error\")");
+        return Err(Reported.into());
+    }
     predict_run(&a.run, &inputs, a.device, &opts, |outcome| {
         match outcome {
             PredictOutcome::Scored(_) => scored += 1,

@@ -60,7 +60,8 @@ pub enum DataError {
     /// The header announces an image above the configured size limit; it was not decoded.
     #[error(
         "{}: image is {width}x{height} pixels, above the limit of {max_width}x{max_height} \
-         (refused before decoding; raise the limit with DecodeLimits if this is intended)",
+         (refused before decoding, as more likely a mistake than a product image; \
+         `omniad serve --max-image-side N` sets the service's limit)",
         path.display()
     )]
     TooLarge {
@@ -96,7 +97,7 @@ pub enum DataError {
     /// An anomalous test image has no ground-truth mask although the layout promises masks.
     #[error(
         "{}: anomalous test image has no ground-truth mask (looked for {expected}); \
-         add the mask or open the dataset with OpenOptions::allow_missing_masks",
+         add the mask, or remove the image from the test split",
         image.display()
     )]
     MissingMask {

@@ -30,9 +30,6 @@ use crate::config::CalibrationConfig;
 use crate::device::libtorch;
 use crate::input::{images_tensor, preprocess_for};
 
-/// Percentile of normal scores used by the F1 method when a class has no anomalous image.
-pub const NORMAL_PERCENTILE: f64 = 0.995;
-
 /// Most anomaly-map pixels per class kept for the pixel quantile (a regular subsample beyond).
 const MAX_PIXELS_PER_CLASS: usize = 4_000_000;
 
@@ -264,8 +261,8 @@ pub fn fit_decisions(
 /// How `omniad calibrate` fits image thresholds on labelled images.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Method {
-    /// The threshold of the largest F1 on the class's images (normal and anomalous); the
-    /// [`NORMAL_PERCENTILE`] quantile of its normal scores when it has no anomalous image.
+    /// The threshold of the largest F1 on the class's images (normal and anomalous); a class
+    /// without both gets none (a warning says so).
     F1,
     /// The lowest threshold whose false-alarm rate on the class's normal images is at most this
     /// fraction.
@@ -327,13 +324,12 @@ fn fit_one(
         Method::F1 => match f1_optimal_threshold(pairs) {
             Some((t, _)) => Some(t),
             None => {
-                let t = quantile(&normals, NORMAL_PERCENTILE);
-                if t.is_some() {
-                    warnings.push(format!(
-                        "{name}: no anomalous image, threshold = quantile {NORMAL_PERCENTILE} of normal scores"
-                    ));
-                }
-                t
+                warnings.push(format!(
+                    "{name}: the f1 method needs normal and anomalous images ({} normal, {} anomalous here): no threshold fitted; use quantile:Q or fpr:RATE for normal images only",
+                    normals.len(),
+                    pairs.len() - normals.len()
+                ));
+                return None;
             }
         },
         Method::Quantile(q) => quantile(&normals, q),
@@ -352,7 +348,9 @@ fn fit_one(
         }
     };
     if t.is_none() {
-        warnings.push(format!("{name}: no normal image, no threshold fitted"));
+        warnings.push(format!(
+            "{name}: no normal image, no threshold fitted by {method}"
+        ));
     }
     t
 }
@@ -398,21 +396,51 @@ pub fn calibrate(
     }
 }
 
-/// The thresholds after `omniad calibrate`: the image thresholds of `new` for its classes and
-/// global; everything else (other classes, pixel thresholds) from `old`.
-pub fn merge_thresholds(old: Option<Thresholds>, new: &Thresholds) -> Thresholds {
+/// The thresholds after `omniad calibrate`: the image thresholds of `new` for its classes;
+/// everything else (other classes, pixel thresholds) from `old`. The run-wide values (the global
+/// threshold, `method`, `fitted_on`, the normalisation) are replaced only when `all_classes`
+/// (the calibration covered every trained class); otherwise `method` and `fitted_on` gain a
+/// clause naming the classes calibrated now and the global threshold stays.
+pub fn merge_thresholds(
+    old: Option<Thresholds>,
+    new: &Thresholds,
+    all_classes: bool,
+) -> Thresholds {
     let Some(mut merged) = old else {
-        return new.clone();
+        let mut t = new.clone();
+        if !all_classes {
+            t.global = None;
+        }
+        return t;
     };
     for (class, t) in &new.per_class {
         merged.per_class.insert(class.clone(), *t);
     }
-    if new.global.is_some() {
-        merged.global = new.global;
+    if all_classes {
+        if new.global.is_some() {
+            merged.global = new.global;
+        }
+        merged.score_bounds = new.score_bounds;
+        merged.method = new.method.clone();
+        merged.fitted_on = new.fitted_on.clone();
+    } else if !new.per_class.is_empty() {
+        let classes: Vec<&str> = new.per_class.keys().map(String::as_str).collect();
+        let join = |old: &str, add: &str| {
+            if old.is_empty() {
+                add.to_string()
+            } else {
+                format!("{old}; then {add}")
+            }
+        };
+        merged.method = join(
+            &merged.method,
+            &format!("{}: {}", classes.join(", "), new.method),
+        );
+        merged.fitted_on = join(
+            &merged.fitted_on,
+            &format!("{}: {}", classes.join(", "), new.fitted_on),
+        );
     }
-    merged.score_bounds = new.score_bounds;
-    merged.method = new.method.clone();
-    merged.fitted_on = new.fitted_on.clone();
     merged
 }
 
@@ -488,15 +516,23 @@ mod tests {
     }
 
     #[test]
-    fn f1_without_anomalies_warns() {
+    fn f1_without_anomalies_fits_nothing() {
         let scores: Vec<(String, f64, bool)> = (0..201)
             .map(|i| ("a".to_string(), i as f64, false))
             .collect();
         let mut w = Vec::new();
         let t = calibrate(&scores, Method::F1, "x", &mut w);
-        assert!((t.per_class["a"] - 199.0).abs() < 1e-9);
+        assert!(t.per_class.is_empty() && t.global.is_none(), "{t:?}");
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("no anomalous image"));
+        assert!(
+            w[0].contains(
+                "a: the f1 method needs normal and anomalous images (201 normal, 0 anomalous"
+            ),
+            "{w:?}"
+        );
+        // quantile works on normal images only
+        let t = calibrate(&scores, Method::Quantile(0.995), "x", &mut w);
+        assert!((t.per_class["a"] - 199.0).abs() < 1e-9);
     }
 
     #[test]
@@ -517,12 +553,20 @@ mod tests {
             fitted_on: "here".into(),
             ..Default::default()
         };
-        let m = merge_thresholds(Some(old), &new);
+        let m = merge_thresholds(Some(old.clone()), &new, false);
         assert_eq!(m.global, Some(0.5));
+        assert!(m.fitted_on.ends_with("a: here"), "{}", m.fitted_on);
+        assert!(m.method.starts_with("old; then a: new"), "{}", m.method);
+        // a calibration of every class replaces the run-wide values
+        let mut all = new.clone();
+        all.global = Some(0.7);
+        let m2 = merge_thresholds(Some(old), &all, true);
+        assert_eq!((m2.global, m2.fitted_on.as_str()), (Some(0.7), "here"));
+        // a subset calibration never makes a global threshold from its classes alone
+        assert_eq!(merge_thresholds(None, &all, false).global, None);
         assert_eq!(m.per_class["a"], 0.3);
         assert_eq!(m.per_class["b"], 0.2);
         assert_eq!(m.pixel_per_class["a"], 0.05);
-        assert_eq!(m.fitted_on, "here");
     }
 
     #[test]

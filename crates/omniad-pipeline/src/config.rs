@@ -138,13 +138,13 @@ impl CalibrationConfig {
     fn validate(&self) -> Result<(), String> {
         if !(0.0..=0.5).contains(&self.val_fraction) {
             return Err(format!(
-                "val_fraction {} must be in [0, 0.5]",
+                "val_fraction (--val-fraction) {} must be in [0, 0.5]",
                 self.val_fraction
             ));
         }
         for (name, q) in [
-            ("image_quantile", self.image_quantile),
-            ("pixel_quantile", self.pixel_quantile),
+            ("image_quantile (--image-quantile)", self.image_quantile),
+            ("pixel_quantile (--pixel-quantile)", self.pixel_quantile),
         ] {
             if !(q > 0.0 && q <= 1.0) {
                 return Err(format!("{name} {q} must be in (0, 1]"));
@@ -152,7 +152,7 @@ impl CalibrationConfig {
         }
         if !(self.unknown_margin.is_finite() && self.unknown_margin >= 0.0) {
             return Err(format!(
-                "unknown_margin {} must be a finite number >= 0",
+                "unknown_margin (--unknown-margin) {} must be a finite number >= 0",
                 self.unknown_margin
             ));
         }

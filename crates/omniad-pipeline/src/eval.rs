@@ -511,7 +511,8 @@ pub struct CalibrateOutput {
     pub fitted: Thresholds,
     /// The run's thresholds after merging (what `model.json` now holds).
     pub stored: Thresholds,
-    /// The operating point per class at the new thresholds, on the images they were fitted on.
+    /// The operating point per class at the thresholds now stored (what `predict` and `eval`
+    /// use), on the images they were fitted on.
     pub points: Vec<ClassOperatingPoint>,
     /// Things to tell the user.
     pub warnings: Vec<String>,
@@ -535,27 +536,43 @@ pub fn calibrate_run(
     let device = device.open()?;
     let ckpt = crate::runs::checkpoint_of(run)?;
     let (model, mut meta, bank) = checkpoint::load_full(&ckpt, device)?;
-    if let Ok(trained) = trained_classes(&meta) {
+    let trained = trained_classes(&meta).unwrap_or_default();
+    if !trained.is_empty() {
         check_trained_classes(&trained, &ds.classes, &ckpt.display().to_string())?;
     }
+    let all_classes = trained.iter().all(|c| ds.classes.contains(c));
     let out = evaluate_model(&model, bank.as_ref(), ds, opts)?;
     let mut warnings = out.warnings.clone();
     let n_anomalous = out.scores.iter().filter(|s| s.2).count();
-    let fitted_on = format!(
-        "test split of the {} dataset at {}: {} images ({} normal, {} anomalous), classes {}",
+    let mut fitted = calibrate(&out.scores, method, "", &mut warnings);
+    let fitted_classes: Vec<&str> = fitted.per_class.keys().map(String::as_str).collect();
+    fitted.fitted_on = format!(
+        "test split of the {} dataset at {}: {} images ({} normal, {} anomalous) of classes {}; thresholds fitted for {}",
         ds.kind,
         ds.root.display(),
         out.scores.len(),
         out.scores.len() - n_anomalous,
         n_anomalous,
-        ds.classes.join(", ")
+        ds.classes.join(", "),
+        if fitted_classes.is_empty() {
+            "no class".to_string()
+        } else {
+            fitted_classes.join(", ")
+        }
     );
-    let fitted = calibrate(&out.scores, method, &fitted_on, &mut warnings);
-    let stored = merge_thresholds(meta.thresholds.take(), &fitted);
+    if !all_classes {
+        warnings.push(format!(
+            "only {} of the {} trained classes calibrated: the global threshold is kept",
+            ds.classes.len(),
+            trained.len()
+        ));
+    }
+    let stored = merge_thresholds(meta.thresholds.take(), &fitted, all_classes);
     meta.thresholds = Some(stored.clone());
     checkpoint::write_meta(&ckpt, &meta)?;
+    // what predict and eval will now use for these images
     let mut notes = Vec::new();
-    let points = out.points_at(Some(&fitted), &[], &mut notes);
+    let points = out.points_at(Some(&stored), &trained, &mut notes);
     warnings.extend(notes);
     Ok(CalibrateOutput {
         fitted,

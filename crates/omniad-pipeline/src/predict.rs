@@ -22,7 +22,8 @@
 //!
 //! Output names: each input's stem is its path relative to the longest common ancestor folder
 //! of all the inputs of the call (compared component by component after making the paths
-//! absolute with [`std::path::absolute`], without resolving `..` or symbolic links), without
+//! absolute with [`std::path::absolute`] and removing `.` and `..` lexically, without resolving
+//! symbolic links), without
 //! its extension, with the path separators replaced by `__` (see [`relative_stem`]). E.g. the
 //! inputs `data/a/test/001.png` and `data/b/test/001.png` give `a__test__001_overlay.png` and
 //! `b__test__001_overlay.png`; the folder `data/a/test` holding `good/001.png` and
@@ -272,8 +273,25 @@ fn is_hidden(name: &std::ffi::OsStr) -> bool {
 ///
 /// # Errors
 /// A path that does not exist (named), an unreadable folder or a symbolic-link loop (named),
-/// or no image at all (the inputs are listed).
+/// or no image at all (the inputs are listed). [`collect_inputs_reporting`] reports the
+/// entries of a folder that cannot be read instead of stopping at them.
 pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let (found, unreadable) = collect_inputs_reporting(paths)?;
+    match unreadable.into_iter().next() {
+        Some(f) => Err(f.into()),
+        None => Ok(found),
+    }
+}
+
+/// [`collect_inputs`], except that an entry inside a given folder that cannot be read (a
+/// symbolic-link loop, a dangling link, a folder without permission) does not stop the walk: it
+/// is returned as a [`PredictFailure`] naming it, and the rest of the folder is walked.
+///
+/// # Errors
+/// A path given on the command line that does not exist (named); no image found and nothing
+/// unreadable either.
+pub fn collect_inputs_reporting(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PredictFailure>)> {
+    let mut unreadable = Vec::new();
     let mut found = Vec::new();
     let mut seen = HashSet::new();
     let mut push = |p: PathBuf, found: &mut Vec<PathBuf>| {
@@ -298,7 +316,21 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .into_iter()
             .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
         for entry in walker {
-            let entry = entry.with_context(|| format!("cannot read folder {}", p.display()))?;
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let at = e.path().unwrap_or(p).to_path_buf();
+                    unreadable.push(PredictFailure {
+                        error: format!(
+                            "{}: cannot read this entry of folder {}: {e}",
+                            at.display(),
+                            p.display()
+                        ),
+                        path: at,
+                    });
+                    continue;
+                }
+            };
             if entry.file_type().is_file() && has_image_extension(entry.path()) {
                 push(entry.into_path(), &mut found);
             }
@@ -307,7 +339,7 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             tracing::warn!("{}: no image file in this folder", p.display());
         }
     }
-    if found.is_empty() {
+    if found.is_empty() && unreadable.is_empty() {
         let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         bail!(
             "no image found in {} (looked for files ending in .{})",
@@ -319,7 +351,7 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             omniad_data::IMAGE_EXTENSIONS.join(", .")
         );
     }
-    Ok(found)
+    Ok((found, unreadable))
 }
 
 /// Longest stem, in bytes, of an output file (its end is kept), so that `<stem>-<index>_overlay.png`
@@ -394,6 +426,23 @@ pub fn relative_stem(path: &Path, ancestor: &Path) -> String {
     stem
 }
 
+/// `p` with `.` dropped and each `..` removing the component before it, without touching the
+/// file system (`a/b/../c` is `a/c`; a leading `..` stays).
+fn lexical_normal(p: &Path) -> PathBuf {
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            Component::ParentDir if matches!(out.last(), Some(Component::RootDir)) => {}
+            c => out.push(c),
+        }
+    }
+    out.iter().collect()
+}
+
 /// The output stem of each input (`<out>/<stem>_overlay.png`, `<out>/<stem>_mask.png`): its path
 /// relative to the common ancestor folder of all inputs ([`common_ancestor`] of the absolute
 /// paths, [`relative_stem`]), unique case-insensitively, `-<index>` appended where needed; see
@@ -402,7 +451,7 @@ pub fn relative_stem(path: &Path, ancestor: &Path) -> String {
 pub fn output_stems(inputs: &[PathBuf], out: &Path) -> Vec<String> {
     let absolute: Vec<PathBuf> = inputs
         .iter()
-        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .map(|p| lexical_normal(&std::path::absolute(p).unwrap_or_else(|_| p.clone())))
         .collect();
     let ancestor = common_ancestor(&absolute);
     let base: Vec<String> = absolute
@@ -510,8 +559,9 @@ fn check_threshold(t: f64) -> Result<()> {
 
 /// Checks a class given by a caller before any image is scored: it must be a class the model
 /// was trained on (by `meta`'s recognition or provenance; not checked when neither records
-/// classes), and have a calibrated threshold unless `threshold` overrides it. `ckpt` names the
-/// checkpoint in messages.
+/// classes), and have a calibrated threshold unless `threshold` overrides it: its own, or the
+/// global one for a class the run records as trained (as for a recognised class). `ckpt` names
+/// the checkpoint in messages.
 ///
 /// # Errors
 /// An untrained class (the trained ones are listed), or one without a threshold.
@@ -528,6 +578,13 @@ pub fn check_class(
             ckpt.display(),
             trained.join(", ")
         );
+    }
+    // a trained class without its own threshold is judged with the global one, as a
+    // recognised class is; a class the run does not record is refused without its own
+    let global_applies = trained.iter().any(|c| c == class)
+        && meta.thresholds.as_ref().is_some_and(|t| t.global.is_some());
+    if threshold.is_none() && global_applies {
+        return Ok(());
     }
     decision_threshold(meta.thresholds.as_ref(), threshold, Some(class), ckpt)?;
     Ok(())

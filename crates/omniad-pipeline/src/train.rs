@@ -504,6 +504,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         )
     })?;
     let val = split_validation(&mut ds, &cfg.calibration, cfg.seed);
+    // and the training and held-out images (the held-out ones are first read at the end)
+    let both: Vec<omniad_data::Sample> = ds.train.iter().chain(&val).cloned().collect();
+    omniad_data::check_headers(&both).with_context(|| {
+        format!(
+            "{}: the training images (held-out ones included), checked before training",
+            cfg.data.data_root.display()
+        )
+    })?;
+    drop(both);
     let n = ds.train.len();
     let batches_per_epoch = if cfg.drop_last {
         n / cfg.batch_size
@@ -723,7 +732,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             &cfg.calibration,
             cfg.batch_size.max(8),
         )
-        .context("calibrating at the end of training")?;
+        .with_context(|| {
+            format!(
+                "calibrating at the end of training (the trained weights are saved in {}; once the problem is fixed, `omniad train --resume --out {}` completes the calibration)",
+                paths.model_json.display(),
+                paths.dir.display()
+            )
+        })?;
         let snap = runs::Snapshot {
             model: &model,
             opt: &opt,

@@ -316,13 +316,55 @@ fn calibrate_fits_on_labelled_images_and_refuses_untrained_classes() {
     assert_eq!(out.points.len(), 1);
     assert_eq!(out.points[0].point.fp, 0);
     assert!(t > 0.0 && t != before.per_class["woven"]);
-    // flange and the pixel thresholds kept
+    // flange, the pixel thresholds and the global threshold (not refitted from one class) kept;
+    // the provenance says which class was calibrated how
     assert_eq!(after.per_class["flange"], before.per_class["flange"]);
     assert_eq!(after.pixel_per_class, before.pixel_per_class);
-    assert!(after.fitted_on.contains("test split") && after.fitted_on.contains("woven"));
-    assert!(after.method.contains("fpr:0"), "{}", after.method);
+    assert_eq!(after.global, before.global);
+    assert!(
+        after.fitted_on.starts_with(&before.fitted_on),
+        "{}",
+        after.fitted_on
+    );
+    assert!(
+        after.fitted_on.contains("; then woven: test split")
+            && after.fitted_on.contains("thresholds fitted for woven"),
+        "{}",
+        after.fitted_on
+    );
+    assert!(
+        after.method.contains("; then woven: fpr:0"),
+        "{}",
+        after.method
+    );
+    assert!(out
+        .warnings
+        .iter()
+        .any(|w| w.contains("only 1 of the 2 trained classes")));
+    // the printed operating point is at the stored threshold
+    assert_eq!(out.points[0].point.threshold, t);
+
+    // a trained class without its own threshold is judged with the global one, given or
+    // recognised alike
+    let mut meta = checkpoint::read_meta(&json).unwrap();
+    meta.thresholds.as_mut().unwrap().per_class.remove("flange");
+    checkpoint::write_meta(&json, &meta).unwrap();
+    let scorer = Scorer::load(&run, ComputeDevice::Cpu).unwrap();
+    let flange = ds_flange_image(f);
+    let scored = scorer.score(std::slice::from_ref(&flange)).unwrap();
+    let global = meta.thresholds.as_ref().unwrap().global;
+    for given in [None, Some("flange")] {
+        let j = scorer.judge(&scored, 0, given, None).unwrap();
+        assert_eq!(j.class.as_deref(), Some("flange"));
+        assert_eq!(j.threshold, global, "given {given:?}");
+    }
     let n_normal = ds.test.iter().filter(|s| s.label == Label::Normal).count();
     assert_eq!(out.points[0].point.tn as usize, n_normal);
+}
+
+/// A normal test image of flange.
+fn ds_flange_image(f: &Fixture) -> image::RgbImage {
+    load_rgb(&f.data.join("flange/test/good/000.png")).unwrap()
 }
 
 #[test]

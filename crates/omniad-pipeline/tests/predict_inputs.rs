@@ -7,13 +7,45 @@ use std::path::{Path, PathBuf};
 
 use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::predict::{
-    collect_inputs, common_ancestor, output_stems, predict_run, relative_stem, PredictOptions,
-    PredictRecord,
+    collect_inputs, collect_inputs_reporting, common_ancestor, output_stems, predict_run,
+    relative_stem, PredictOptions, PredictRecord,
 };
 use predict_common::*;
 
 fn err_text(r: anyhow::Result<impl std::fmt::Debug>) -> String {
     format!("{:#}", r.unwrap_err())
+}
+
+/// An entry of a folder that cannot be read (a symbolic-link loop, a dangling link) is
+/// reported by name and the rest of the folder is still listed; `collect_inputs` stays strict.
+#[cfg(unix)]
+#[test]
+fn unreadable_folder_entries_are_reported_and_the_rest_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("imgs");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    std::fs::write(d.join("a.png"), b"x").unwrap();
+    std::fs::write(d.join("sub/b.png"), b"x").unwrap();
+    std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap(); // a loop
+    std::os::unix::fs::symlink(d.join("gone.png"), d.join("dangling.png")).unwrap();
+    let (found, bad) = collect_inputs_reporting(std::slice::from_ref(&d)).unwrap();
+    assert_eq!(found, vec![d.join("a.png"), d.join("sub/b.png")]);
+    let mut named: Vec<PathBuf> = bad.iter().map(|f| f.path.clone()).collect();
+    named.sort();
+    assert_eq!(
+        named,
+        vec![d.join("dangling.png"), d.join("sub/up")],
+        "{bad:?}"
+    );
+    for f in &bad {
+        assert!(
+            f.error.contains(&f.path.display().to_string()),
+            "{}",
+            f.error
+        );
+    }
+    let e = err_text(collect_inputs(&[d]));
+    assert!(e.contains("dangling.png") || e.contains("up"), "{e}");
 }
 
 #[test]
@@ -139,12 +171,13 @@ fn stems_are_paths_relative_to_the_common_folder() {
         ),
         ["crack__001", "good__001", "good__002"]
     );
-    // Files of one folder, or a single file: plain stems; `.` and `x/../` kept lexically.
+    // Files of one folder, or a single file: plain stems; `.` and `x/../` removed lexically
+    // (names only: the files are read by the paths as given).
     assert_eq!(stems_of(&["p/q/x.jpeg", "p/q/y.png"], out), ["x", "y"]);
     assert_eq!(stems_of(&["deep/er/scan.v2.tif"], out), ["scan.v2"]);
     assert_eq!(
         stems_of(&["./d/x.png", "d/./y.png", "d/e/../z.png"], out),
-        ["x", "y", "e__..__z"]
+        ["x", "y", "z"]
     );
     // Relative and absolute inputs meet at their common folder.
     let here = std::env::current_dir().unwrap();
