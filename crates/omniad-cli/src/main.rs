@@ -227,7 +227,8 @@ struct TestDataArgs {
     /// Dataset root (default: the run's).
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// Classes to read (default: the run's).
+    /// Classes to read (default: the `--classes` the run was trained with; a run trained on
+    /// every class of its dataset reads every class of the dataset given here).
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<String>>,
 }
