@@ -548,7 +548,10 @@ pub fn decision_threshold(
 
 /// Refuses a decision threshold that is negative or not a finite number (image scores are
 /// `>= 0`).
-fn check_threshold(t: f64) -> Result<()> {
+///
+/// # Errors
+/// The threshold and the rule, as a message.
+pub fn check_threshold(t: f64) -> Result<()> {
     if !(t.is_finite() && t >= 0.0) {
         bail!(
             "threshold {t}: a decision threshold on the image score must be a finite number >= 0"

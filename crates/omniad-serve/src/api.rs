@@ -13,7 +13,9 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use image::RgbImage;
 use omniad_data::DataError;
-use omniad_pipeline::predict::{check_class, judge, make_record, render, PredictRecord};
+use omniad_pipeline::predict::{
+    check_class, check_threshold, judge, make_record, render, PredictRecord,
+};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tower_http::timeout::TimeoutLayer;
@@ -487,11 +489,7 @@ async fn predict(
         check_class(&info.meta, ckpt, c, threshold)
             .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     } else if let Some(t) = threshold {
-        if !(t.is_finite() && t >= 0.0) {
-            return Err(ApiError::bad_request(format!(
-                "threshold {t}: a decision threshold on the image score must be a finite number >= 0"
-            )));
-        }
+        check_threshold(t).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     }
 
     let multipart = body_kind(&req)?;
