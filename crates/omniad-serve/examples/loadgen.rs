@@ -87,12 +87,7 @@ fn send(addr: SocketAddr, head: &str, body: &[u8]) -> u16 {
         s.write_all(body)?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
-        let line = String::from_utf8_lossy(&raw[..raw.len().min(20)]).into_owned();
-        Ok(line
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0))
+        Ok(status_of(&raw))
     };
     attempt().unwrap_or(0)
 }
@@ -127,14 +122,18 @@ fn send_slow(addr: SocketAddr, head: &str) -> u16 {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let line = String::from_utf8_lossy(&raw[..raw.len().min(20)]).into_owned();
-        Ok(line
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0))
+        Ok(status_of(&raw))
     };
     attempt().unwrap_or(0)
+}
+
+/// The status code of a raw HTTP answer (0 when there is none).
+fn status_of(raw: &[u8]) -> u16 {
+    let line = String::from_utf8_lossy(&raw[..raw.len().min(20)]).into_owned();
+    line.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 fn head(token: &Option<String>, len: usize, content_type: &str) -> String {
