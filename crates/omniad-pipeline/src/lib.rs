@@ -3,7 +3,8 @@
 //! - [`train`]: `omniad train` (AdamW, step schedule, resume, Ctrl-C); [`feature_cache`]: the
 //!   teacher-feature cache and its memory budget; [`runs`]: run folders, atomic checkpoints, the
 //!   run lock and crash recovery.
-//! - [`eval`]: `omniad eval` (metrics per class, thresholds, saved maps).
+//! - [`eval`]: `omniad eval` (metrics per class, operating points, class recognition, saved
+//!   maps) and `omniad calibrate`.
 //! - [`predict`]: `omniad predict` (scores, decisions, heatmap overlays, masks).
 //! - [`demo`]: `omniad demo` (synthetic data, training, evaluation in one go).
 //! - [`alloc`]: allocator settings that make libtorch's CPU tensors cheaper to allocate.

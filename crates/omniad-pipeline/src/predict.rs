@@ -75,8 +75,9 @@ pub struct PredictOptions {
     /// Decision threshold on the image score; overrides the run's calibrated thresholds (and
     /// [`Self::per_class`]). Must be finite.
     pub threshold: Option<f64>,
-    /// Use this class's calibrated threshold (stored by `omniad eval` in `model.json`) instead
-    /// of the global one. An unknown class is an error listing the calibrated classes.
+    /// The class of every image, instead of recognising it: its thresholds (stored in
+    /// `model.json` by training or `omniad calibrate`) are used. A class the run was not trained
+    /// on, or one without a threshold, is an error listing the known ones.
     pub per_class: Option<String>,
     /// Folder for overlay and mask PNGs (created if missing); `None` writes no file.
     pub out: Option<PathBuf>,
