@@ -660,39 +660,91 @@ impl TrainArgs {
         }
         set!(self.device => cfg.device, self.memory_budget.map(Some) => cfg.memory_budget);
         if self.resume {
-            // A resumed run keeps its configuration; only --epochs may grow (to extend it).
+            // A resumed run keeps its configuration; only --epochs may grow (to extend it). A
+            // flag repeating the saved value changes nothing and is accepted.
+            fn differs<T: PartialEq>(given: &Option<T>, saved: &T) -> bool {
+                given.as_ref().is_some_and(|g| g != saved)
+            }
+            let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            let depths = self.depths.as_deref().map(depths4).transpose()?;
+            let c = &cfg.calibration;
             let changed: Vec<&str> = [
                 ("--config", self.config.is_some()),
-                ("--dataset", self.dataset.is_some()),
-                ("--data-root", self.data_root.is_some()),
-                ("--classes", self.classes.is_some()),
-                ("--teacher", self.teacher.is_some()),
-                ("--teacher-weights", self.teacher_weights.is_some()),
-                ("--batch-size", self.batch_size.is_some()),
-                ("--lr", self.lr.is_some()),
-                ("--weight-decay", self.weight_decay.is_some()),
-                ("--seed", self.seed.is_some()),
-                ("--depths", self.depths.is_some()),
-                ("--image-size", self.image_size.is_some()),
-                ("--branches", self.branches.is_some()),
-                ("--attention", self.attention.is_some()),
-                ("--num-tokens", self.num_tokens.is_some()),
-                ("--jitter-scale", self.jitter_scale.is_some()),
-                ("--feature-cache", self.feature_cache.is_some()),
-                ("--eval-every", self.eval_every.is_some()),
-                ("--save-every", self.save_every.is_some()),
-                ("--keep-last-batch", self.keep_last_batch),
-                ("--val-fraction", self.val_fraction.is_some()),
-                ("--image-quantile", self.image_quantile.is_some()),
-                ("--pixel-quantile", self.pixel_quantile.is_some()),
-                ("--unknown-margin", self.unknown_margin.is_some()),
+                ("--dataset", differs(&self.dataset, &cfg.data.dataset)),
+                (
+                    "--data-root",
+                    self.data_root
+                        .as_ref()
+                        .is_some_and(|p| canon(p) != canon(&cfg.data.data_root)),
+                ),
+                (
+                    "--classes",
+                    self.classes
+                        .as_ref()
+                        .is_some_and(|v| Some(v) != cfg.data.classes.as_ref()),
+                ),
+                ("--teacher", differs(&self.teacher, &cfg.model.teacher)),
+                (
+                    "--teacher-weights",
+                    self.teacher_weights
+                        .as_ref()
+                        .is_some_and(|p| Some(canon(p)) != cfg.teacher_weights.as_ref().map(canon)),
+                ),
+                ("--batch-size", differs(&self.batch_size, &cfg.batch_size)),
+                ("--lr", differs(&self.lr, &cfg.optim.lr)),
+                (
+                    "--weight-decay",
+                    differs(&self.weight_decay, &cfg.optim.weight_decay),
+                ),
+                ("--seed", differs(&self.seed, &cfg.seed)),
+                ("--depths", differs(&depths, &cfg.model.depths)),
+                (
+                    "--image-size",
+                    differs(&self.image_size.map(|s| (s, s)), &cfg.model.image_size),
+                ),
+                ("--branches", differs(&self.branches, &cfg.model.branches)),
+                (
+                    "--attention",
+                    differs(&self.attention, &cfg.model.attention),
+                ),
+                (
+                    "--num-tokens",
+                    differs(&self.num_tokens, &cfg.model.num_tokens),
+                ),
+                (
+                    "--jitter-scale",
+                    differs(&self.jitter_scale, &cfg.model.jitter_scale),
+                ),
+                (
+                    "--feature-cache",
+                    differs(&self.feature_cache, &cfg.feature_cache),
+                ),
+                ("--eval-every", differs(&self.eval_every, &cfg.eval_every)),
+                ("--save-every", differs(&self.save_every, &cfg.save_every)),
+                ("--keep-last-batch", self.keep_last_batch && cfg.drop_last),
+                (
+                    "--val-fraction",
+                    differs(&self.val_fraction, &c.val_fraction),
+                ),
+                (
+                    "--image-quantile",
+                    differs(&self.image_quantile, &c.image_quantile),
+                ),
+                (
+                    "--pixel-quantile",
+                    differs(&self.pixel_quantile, &c.pixel_quantile),
+                ),
+                (
+                    "--unknown-margin",
+                    differs(&self.unknown_margin, &c.unknown_margin),
+                ),
             ]
             .into_iter()
             .filter_map(|(name, given)| given.then_some(name))
             .collect();
             if !changed.is_empty() {
                 bail!(
-                    "--resume continues the run with its saved config.toml; these flags would change it: {} (only --epochs, to extend the run, --device and --memory-budget may be given)",
+                    "--resume continues the run with its saved config.toml; these flags would change it: {} (only --epochs, to extend the run, --device and --memory-budget may change; flags that repeat the saved values are fine)",
                     changed.join(", ")
                 );
             }

@@ -292,3 +292,58 @@ fn train_refuses_a_mask_of_the_wrong_size_before_training() {
         &["2 of 8 samples have a problem", p(&mask), p(&other)],
     );
 }
+
+/// `train --resume` accepts flags that repeat the run's saved values (a user re-running the
+/// command they started with, plus `--resume`) and names only the flags whose values differ.
+#[test]
+fn resume_accepts_repeated_flags_and_names_changed_ones() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synth(tmp.path());
+    let run_dir = tmp.path().join("run");
+    ok(&train_args(&data, &run_dir, &[]));
+    // the start command again (the tiny flags, --data-root given relatively elsewhere is
+    // compared as a folder), with --resume and more epochs
+    let again = ok(&train_args(
+        &data,
+        &run_dir,
+        &[
+            "--resume",
+            "--epochs",
+            "2",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "4",
+        ],
+    ));
+    let outcome: serde_json::Value = serde_json::from_str(&again).expect("train prints JSON");
+    assert_eq!(outcome["epochs_done"], 2, "{outcome}");
+    // a changed value is refused, naming that flag alone
+    let out = omniad()
+        .args(train_args(
+            &data,
+            &run_dir,
+            &[
+                "--resume",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "8",
+                "--image-size",
+                "64",
+            ],
+        ))
+        .output()
+        .expect("run omniad");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("these flags would change it: --batch-size (only"),
+        "{err}"
+    );
+    assert_eq!(
+        json_file(&run_dir.join("train_state.json"))["state"]["epoch"],
+        2,
+        "nothing trained by the refused call"
+    );
+}
