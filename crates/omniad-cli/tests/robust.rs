@@ -1,7 +1,7 @@
 //! Bad files among good ones (issue 14): `predict` reports an image it cannot score and scores
 //! the others (status 1, a summary line), output names never collide, `eval` warns about an
-//! anomalous image whose mask is all zero, and `train` refuses a test split with a mask of the
-//! wrong size in seconds, before training.
+//! anomalous image whose mask is all zero, `train` refuses a test split with a mask of the
+//! wrong size in seconds, before training, and `train --resume` accepts repeated flags.
 mod common;
 
 use std::fs;
