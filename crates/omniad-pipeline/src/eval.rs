@@ -524,8 +524,9 @@ pub struct CalibrateOutput {
 /// what they were fitted on.
 ///
 /// # Errors
-/// A class of `ds` the model was not trained on (nothing is fitted), the errors of
-/// [`evaluate_model`], a `model.json` that cannot be written.
+/// A class of `ds` the model was not trained on, or no threshold fitted at all (e.g. f1 without
+/// anomalous images): nothing is written. The errors of [`evaluate_model`], a `model.json` that
+/// cannot be written.
 pub fn calibrate_run(
     run: &Path,
     ds: &Dataset,
@@ -545,6 +546,14 @@ pub fn calibrate_run(
     let mut warnings = out.warnings.clone();
     let n_anomalous = out.scores.iter().filter(|s| s.2).count();
     let mut fitted = calibrate(&out.scores, method, "", &mut warnings);
+    if fitted.per_class.is_empty() && fitted.global.is_none() {
+        bail!(
+            "{method} fitted no threshold on the test split of {} ({}); {} is unchanged",
+            ds.root.display(),
+            warnings.join("; "),
+            ckpt.display()
+        );
+    }
     let fitted_classes: Vec<&str> = fitted.per_class.keys().map(String::as_str).collect();
     fitted.fitted_on = format!(
         "test split of the {} dataset at {}: {} images ({} normal, {} anomalous) of classes {}; thresholds fitted for {}",

@@ -308,6 +308,34 @@ fn calibrate_fits_on_labelled_images_and_refuses_untrained_classes() {
         before
     );
 
+    // f1 on normal images only fits nothing: refused, nothing written
+    let only_good = tmp.path().join("only-good");
+    for split in ["train/good", "test/good"] {
+        let to = only_good.join("flange").join(split);
+        std::fs::create_dir_all(&to).unwrap();
+        for name in ["000.png", "001.png"] {
+            std::fs::copy(f.data.join("flange").join(split).join(name), to.join(name)).unwrap();
+        }
+    }
+    let good = open_dataset(
+        DatasetKind::Mvtec,
+        &only_good,
+        Some(&["flange".to_string()]),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let err = calibrate_run(&run, &good, ComputeDevice::Cpu, Method::F1, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("f1 fitted no threshold") && err.contains("needs normal and anomalous images"),
+        "{err}"
+    );
+    assert_eq!(
+        checkpoint::read_meta(&json).unwrap().thresholds.unwrap(),
+        before
+    );
+
     let ds = dataset(f, &["woven"]);
     let out = calibrate_run(&run, &ds, ComputeDevice::Cpu, Method::Fpr(0.0), &opts).unwrap();
     let after = checkpoint::read_meta(&json).unwrap().thresholds.unwrap();
