@@ -199,8 +199,10 @@ pub fn fit_decisions(
             Tensor::cat(&val_desc[c], 0)
         });
     }
-    let (bank, fit) = ClassBank::fit(classes.to_vec(), &train_sets, &val_sets, cfg.unknown_margin)
-        .map_err(anyhow::Error::msg)?;
+    let (bank, fit) = libtorch("fitting class recognition", || {
+        ClassBank::fit(classes.to_vec(), &train_sets, &val_sets, cfg.unknown_margin)
+    })?
+    .map_err(anyhow::Error::msg)?;
     for (name, f) in &fit {
         if f.unknown_distance == 0.0 {
             warnings.push(format!(

@@ -88,7 +88,7 @@ pub struct TrainConfig {
 }
 
 /// How `omniad train` holds out normal images and calibrates the run's decisions on them (see
-/// [`crate::calibrate`]).
+/// the `calibrate` module).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CalibrationConfig {

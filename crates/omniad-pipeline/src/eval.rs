@@ -225,7 +225,10 @@ pub fn evaluate_model(
                 .to_kind(Kind::Float),
         )?;
         let recs = match bank {
-            Some(b) => Some(b.recognise(&pred.descriptors).map_err(anyhow::Error::msg)?),
+            Some(b) => Some(
+                libtorch("class recognition", || b.recognise(&pred.descriptors))?
+                    .map_err(anyhow::Error::msg)?,
+            ),
             None => None,
         };
         for (j, &i) in batch.indices.iter().enumerate() {

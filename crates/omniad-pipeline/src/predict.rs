@@ -53,7 +53,7 @@ use anyhow::{bail, Context, Result};
 use image::{GrayImage, RgbImage};
 use omniad_data::{has_image_extension, load_rgb, preprocess_rgb, Preprocess};
 use omniad_metrics::normalise_score;
-use omniad_model::checkpoint::{self, CheckpointMeta, Thresholds};
+use omniad_model::checkpoint::{self, CheckpointMeta};
 use omniad_model::recognition::{ClassBank, Recognition};
 use omniad_model::OmniAd;
 use rayon::prelude::*;
@@ -172,7 +172,8 @@ pub struct Judgement {
     pub threshold: Option<f64>,
     /// Pixel threshold for the mask and the overlay's colour scale.
     pub pixel_threshold: Option<f64>,
-    /// Normalisation bounds of the score (see [`Thresholds::score_bounds`]).
+    /// Normalisation bounds of the score (see
+    /// [`omniad_model::checkpoint::Thresholds::score_bounds`]).
     pub bounds: Option<(f64, f64)>,
 }
 
@@ -499,54 +500,6 @@ fn prepare_out_dir(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The decision threshold: `threshold` if given (checked: finite and `>= 0`), else the
-/// calibrated threshold of `per_class`, else the calibrated global one (`None` when the run has
-/// no calibration). `ckpt` names the checkpoint in messages.
-///
-/// # Errors
-/// A negative or non-finite `threshold`; a `per_class` when the run has no calibrated thresholds
-/// or none for that class (the calibrated classes are listed).
-pub fn decision_threshold(
-    stored: Option<&Thresholds>,
-    threshold: Option<f64>,
-    per_class: Option<&str>,
-    ckpt: &Path,
-) -> Result<Option<f64>> {
-    if let Some(t) = threshold {
-        check_threshold(t)?;
-        if let Some(c) = per_class {
-            tracing::info!("threshold {t} overrides the calibrated threshold of class {c}");
-        }
-        return Ok(Some(t));
-    }
-    match per_class {
-        Some(class) => {
-            let Some(th) = stored else {
-                bail!(
-                    "{}: no calibrated thresholds, so none for class {class}: run `omniad calibrate` first, or pass --threshold",
-                    ckpt.display()
-                );
-            };
-            match th.per_class.get(class) {
-                Some(t) => Ok(Some(*t)),
-                None => {
-                    let known: Vec<&str> = th.per_class.keys().map(String::as_str).collect();
-                    bail!(
-                        "{}: no calibrated threshold for class {class:?} (calibrated classes: {})",
-                        ckpt.display(),
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    )
-                }
-            }
-        }
-        None => Ok(stored.and_then(|t| t.global)),
-    }
-}
-
 /// Refuses a decision threshold that is negative or not a finite number (image scores are
 /// `>= 0`).
 ///
@@ -583,15 +536,33 @@ pub fn check_class(
             trained.join(", ")
         );
     }
-    // a trained class without its own threshold is judged with the global one, as a
-    // recognised class is; a class the run does not record is refused without its own
-    let global_applies = trained.iter().any(|c| c == class)
-        && meta.thresholds.as_ref().is_some_and(|t| t.global.is_some());
-    if threshold.is_none() && global_applies {
+    if let Some(t) = threshold {
+        check_threshold(t)?;
+        tracing::info!("threshold {t} overrides the calibrated threshold of class {class}");
         return Ok(());
     }
-    decision_threshold(meta.thresholds.as_ref(), threshold, Some(class), ckpt)?;
-    Ok(())
+    let Some(th) = meta.thresholds.as_ref() else {
+        bail!(
+            "{}: no calibrated thresholds, so none for class {class}: run `omniad calibrate` first, or pass --threshold",
+            ckpt.display()
+        );
+    };
+    // a trained class without its own threshold is judged with the global one, as a
+    // recognised class is; a class the run does not record is refused without its own
+    let global_applies = trained.iter().any(|c| c == class) && th.global.is_some();
+    if th.per_class.contains_key(class) || global_applies {
+        return Ok(());
+    }
+    let known: Vec<&str> = th.per_class.keys().map(String::as_str).collect();
+    bail!(
+        "{}: no calibrated threshold for class {class:?} (calibrated classes: {})",
+        ckpt.display(),
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
 }
 
 /// The decision rule for one image: its class (`given`, else the `recognised` class and its
@@ -599,7 +570,7 @@ pub fn check_class(
 /// else the class's calibrated image and pixel thresholds (a class without a pixel threshold
 /// uses its image threshold), else the global ones. An image of an unknown class gets no
 /// threshold. Normalisation: the stored `score_bounds`, else the span `2 t` (see
-/// [`Thresholds::score_bounds`]).
+/// [`omniad_model::checkpoint::Thresholds::score_bounds`]).
 ///
 /// # Errors
 /// A `given` class that was not trained or has no threshold (see [`check_class`]); a
@@ -739,12 +710,6 @@ impl Scorer {
         self.pp.size
     }
 
-    /// The classes the model was trained on (those of its class recognition, else of its
-    /// provenance; empty when neither is recorded).
-    pub fn classes(&self) -> Vec<String> {
-        crate::calibrate::trained_classes(&self.meta).unwrap_or_default()
-    }
-
     /// Whether the run recognises classes (trained with omniad 0.2 or later).
     pub fn recognises_classes(&self) -> bool {
         self.bank.is_some()
@@ -824,7 +789,7 @@ impl Scorer {
         )?;
         let recognitions = match &self.bank {
             Some(bank) => Some(
-                bank.recognise(&pred.descriptors)
+                libtorch("class recognition", || bank.recognise(&pred.descriptors))?
                     .map_err(anyhow::Error::msg)?,
             ),
             None => None,
