@@ -72,7 +72,7 @@ for inf in om["inference"]:
         continue
     row(f"inference batch {inf['batch']} (img/s, ratio = speed-up)", inf["images_per_sec"], p["images_per_s"],
         inf["peak_rss_mib"], p["peak_rss_mb"], inf["images_per_sec"] / p["images_per_s"])
-ts, p = om["train_step"], t.get("train_step", {})
+ts, p = om["train_step"][0], t.get("train_step", {})  # one entry per precision; f32 here
 if ok("train_step"):
   row(f"training step batch {ts['batch']} (img/s, speed-up)", ts["images_per_sec"], p["images_per_s"],
     om["peak_rss_mib"], p["peak_rss_mb"], ts["images_per_sec"] / p["images_per_s"])

@@ -3,7 +3,11 @@
 //! - `omniad bench metrics`: all pixel and image metrics on an MVTec-sized synthetic set.
 //! - `omniad bench model`: inference images/s at batch 1 and 8 (teacher + decoder + anomaly map +
 //!   score, no autograd) and one training step at batch 16 (forward, backward, AdamW), for a
-//!   teacher and decoder depths; peak resident memory of the process after each phase.
+//!   teacher and decoder depths, in each precision of `--precision` (e.g. `f32,bf16`); peak
+//!   resident memory of the process after each phase. Roofline: the model's multiply-accumulates
+//!   per image (counted by running it, [`OmniAd::macs_per_image`]), the achieved GFLOP/s
+//!   (2 FLOPs per MAC) and, measured in the same run, the machine's matrix-product peak in the
+//!   same precision (a square matrix product of side 2048).
 //! - `omniad bench epoch --data DIR`: one training epoch over a dataset, with and without the
 //!   teacher-feature cache.
 //! - `omniad bench parts`: where the time of inference and of a training step goes — teacher,
@@ -16,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use omniad_model::{OmniAd, OmniAdConfig, TeacherArch};
+use omniad_model::{OmniAd, OmniAdConfig, Precision, TeacherArch};
 use omniad_pipeline::device::ComputeDevice;
 use omniad_pipeline::optim::{AdamW, AdamWConfig};
 use serde_json::json;
@@ -64,6 +68,9 @@ enum BenchWhat {
         /// Inference batch sizes.
         #[arg(long, value_delimiter = ',', default_value = "1,8")]
         infer_batches: Vec<i64>,
+        /// Precisions to measure, back to back for each measurement (f32, bf16, f16 on CUDA).
+        #[arg(long, value_delimiter = ',', default_value = "f32")]
+        precision: Vec<Precision>,
     },
     /// Per-component profile: forward (no autograd) and forward + backward time of each part.
     Parts {
@@ -75,6 +82,9 @@ enum BenchWhat {
         /// Batch size of every measurement.
         #[arg(long, default_value_t = 16)]
         batch: i64,
+        /// Precision of every measurement (f32, bf16, f16 on CUDA).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// One training epoch (batch 16) over a dataset folder in MVTec layout — by default the
     /// synthetic benchmark (`omniad synth` defaults, 240 training images), generated in a
@@ -131,17 +141,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
             iters,
             train_batch,
             infer_batches,
+            precision,
         } => {
             let (cfg, device) = model.setup()?;
-            bench_model(&cfg, device, iters, train_batch, &infer_batches)?
+            for p in &precision {
+                p.check_device(device).map_err(anyhow::Error::msg)?;
+            }
+            let out = bench_model(&cfg, device, iters, train_batch, &infer_batches, &precision)?;
+            if !a.json {
+                print_model(&out);
+                return Ok(());
+            }
+            out
         }
         BenchWhat::Parts {
             model,
             iters,
             batch,
+            precision,
         } => {
             let (cfg, device) = model.setup()?;
-            let out = bench_parts(&cfg, device, iters, batch)?;
+            precision.check_device(device).map_err(anyhow::Error::msg)?;
+            let out = precision.run(|| bench_parts(&cfg, device, iters, batch))?;
             if !a.json {
                 print_parts(&out);
                 return Ok(());
@@ -191,58 +212,144 @@ fn sync(device: Device) {
     }
 }
 
+/// The machine's matrix-product throughput in `precision` on `device`, GFLOP/s: a square
+/// product of side 2048 (17.2 GFLOP), one warm-up, then repeated for at least 0.5 s.
+fn matmul_peak(precision: Precision, device: Device) -> f64 {
+    let n = 2048i64;
+    let a = Tensor::randn([n, n], (precision.kind(), device));
+    let b = Tensor::randn([n, n], (precision.kind(), device));
+    let _ = a.matmul(&b);
+    sync(device);
+    let t = Instant::now();
+    let mut reps = 0u32;
+    while reps < 2 || t.elapsed().as_secs_f64() < 0.5 {
+        let _ = a.matmul(&b);
+        sync(device);
+        reps += 1;
+    }
+    2.0 * (n * n * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// Inference at each batch size and one training step, each measured in every precision back
+/// to back (so that a load change on a shared machine hits them alike), with the roofline
+/// numbers (see the module docs).
 fn bench_model(
     cfg: &OmniAdConfig,
     device: Device,
     iters: usize,
     train_batch: i64,
     infer_batches: &[i64],
+    precisions: &[Precision],
 ) -> Result<serde_json::Value> {
     tch::manual_seed(0);
     let model = OmniAd::new(cfg, device)?;
+    let macs = model.macs_per_image();
+    let gflop = |m: u64| 2.0 * m as f64 / 1e9;
+    let (gf_infer, gf_train) = (gflop(macs.inference()), gflop(macs.train_step()));
     let (h, w) = (cfg.image_size.0 as i64, cfg.image_size.1 as i64);
+    let peaks: Vec<f64> = precisions.iter().map(|&p| matmul_peak(p, device)).collect();
     let mut infer = Vec::new();
     for &b in infer_batches {
         let x = Tensor::randn([b, 3, h, w], (Kind::Float, device));
-        let s = time(iters, || {
-            let p = model.predict(&x);
-            let _ = p.image_scores.sum(Kind::Float).double_value(&[]);
-            sync(device);
-        });
-        infer.push(json!({"batch": b, "seconds_per_batch": s, "images_per_sec": b as f64 / s, "peak_rss_mib": peak_rss_mib()}));
+        for (&p, &peak) in precisions.iter().zip(&peaks) {
+            let s = time(iters, || {
+                let pred = p.run(|| model.predict(&x));
+                let _ = pred.image_scores.sum(Kind::Float).double_value(&[]);
+                sync(device);
+            });
+            let achieved = gf_infer * b as f64 / s;
+            infer.push(json!({"precision": p, "batch": b, "seconds_per_batch": s,
+                "images_per_sec": b as f64 / s, "gflops": achieved,
+                "matmul_peak_gflops": peak, "fraction_of_peak": achieved / peak,
+                "peak_rss_mib": peak_rss_mib()}));
+        }
     }
     // Training step on a batch: teacher forward (as the reference trainer does every step),
     // neck + decoder with jitter, loss, backward, clip, AdamW.
     let x = Tensor::randn([train_batch, 3, h, w], (Kind::Float, device));
     let mut opt = AdamW::new(AdamWConfig::default(), model.trainable_named());
-    let mut parts = [0.0f64; 3];
-    let step = time(iters, || {
-        let t0 = Instant::now();
-        let t = model.teacher_features(&x);
-        sync(device);
-        let t1 = Instant::now();
-        let s = model.reconstruct(&t, true);
-        let loss = OmniAd::loss(&t, &s);
-        opt.zero_grad();
-        loss.backward();
-        sync(device);
-        let t2 = Instant::now();
-        opt.step(1e-3);
-        sync(device);
-        let t3 = Instant::now();
-        parts[0] += (t1 - t0).as_secs_f64();
-        parts[1] += (t2 - t1).as_secs_f64();
-        parts[2] += (t3 - t2).as_secs_f64();
-    });
-    let n = (iters.max(1) + 1) as f64;
+    let mut train = Vec::new();
+    for (&p, &peak) in precisions.iter().zip(&peaks) {
+        let mut parts = [0.0f64; 3];
+        let step = time(iters, || {
+            let t0 = Instant::now();
+            // float32 teacher: its features are the targets (as `omniad train` does)
+            let t = model.teacher_features(&x);
+            sync(device);
+            let t1 = Instant::now();
+            let s = p.run(|| model.reconstruct(&t, true));
+            let loss = OmniAd::loss(&t, &s);
+            opt.zero_grad();
+            loss.backward();
+            sync(device);
+            let t2 = Instant::now();
+            opt.step(1e-3);
+            sync(device);
+            let t3 = Instant::now();
+            parts[0] += (t1 - t0).as_secs_f64();
+            parts[1] += (t2 - t1).as_secs_f64();
+            parts[2] += (t3 - t2).as_secs_f64();
+        });
+        let n = (iters.max(1) + 1) as f64;
+        let achieved = gf_train * train_batch as f64 / step;
+        train.push(json!({"precision": p, "batch": train_batch, "seconds": step,
+            "images_per_sec": train_batch as f64 / step, "gflops": achieved,
+            "matmul_peak_gflops": peak, "fraction_of_peak": achieved / peak,
+            "teacher_s": parts[0] / n, "student_fwd_bwd_s": parts[1] / n, "optimizer_s": parts[2] / n}));
+    }
     Ok(json!({
         "bench": "model", "model": crate::info_line(&model), "device": format!("{device:?}"),
         "threads": tch::get_num_threads(),
+        "macs_per_image": {"teacher": macs.teacher, "student": macs.student,
+            "anomaly_map": macs.anomaly_map},
+        "gflop_per_image": {"inference": gf_infer, "train_step": gf_train},
         "inference": infer,
-        "train_step": {"batch": train_batch, "seconds": step, "images_per_sec": train_batch as f64 / step,
-            "teacher_s": parts[0] / n, "student_fwd_bwd_s": parts[1] / n, "optimizer_s": parts[2] / n},
+        "train_step": train,
         "peak_rss_mib": peak_rss_mib(),
     }))
+}
+
+/// The `omniad bench model` table for a person (the JSON has the same numbers and more).
+fn print_model(out: &serde_json::Value) {
+    println!(
+        "{} | {} | {} threads",
+        out["model"].as_str().unwrap_or(""),
+        out["device"].as_str().unwrap_or(""),
+        out["threads"]
+    );
+    let g = &out["gflop_per_image"];
+    println!(
+        "work per image: inference {:.2} GFLOP, training step {:.2} GFLOP (2 FLOPs per multiply-accumulate; teacher {:.2} + student {:.2} + anomaly map {:.3} GMAC)",
+        g["inference"].as_f64().unwrap_or(0.0),
+        g["train_step"].as_f64().unwrap_or(0.0),
+        out["macs_per_image"]["teacher"].as_f64().unwrap_or(0.0) / 1e9,
+        out["macs_per_image"]["student"].as_f64().unwrap_or(0.0) / 1e9,
+        out["macs_per_image"]["anomaly_map"].as_f64().unwrap_or(0.0) / 1e9,
+    );
+    println!(
+        "{:<16} {:>9} {:>6} {:>10} {:>10} {:>12} {:>9}",
+        "measurement", "precision", "batch", "images/s", "GFLOP/s", "peak GFLOP/s", "of peak"
+    );
+    let rows = |key: &str, name: &str| {
+        for r in out[key].as_array().cloned().unwrap_or_default() {
+            println!(
+                "{:<16} {:>9} {:>6} {:>10.2} {:>10.1} {:>12.1} {:>8.1}%",
+                name,
+                r["precision"].as_str().unwrap_or(""),
+                r["batch"],
+                r["images_per_sec"].as_f64().unwrap_or(0.0),
+                r["gflops"].as_f64().unwrap_or(0.0),
+                r["matmul_peak_gflops"].as_f64().unwrap_or(0.0),
+                100.0 * r["fraction_of_peak"].as_f64().unwrap_or(0.0),
+            );
+        }
+    };
+    rows("inference", "inference");
+    rows("train_step", "training step");
+    println!(
+        "peak resident memory: {:.0} MiB",
+        out["peak_rss_mib"].as_f64().unwrap_or(0.0)
+    );
 }
 
 fn bench_epoch(

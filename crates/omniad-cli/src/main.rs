@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use omniad_data::DatasetKind;
 use omniad_metrics::MetricOptions;
-use omniad_model::{Branches, GlobalAttention, OmniAd, OmniAdConfig, TeacherArch};
+use omniad_model::{Branches, GlobalAttention, OmniAd, OmniAdConfig, Precision, TeacherArch};
 use omniad_pipeline::config::{FeatureCache, TrainConfig};
 use omniad_pipeline::demo::{run_demo, DemoConfig};
 use omniad_pipeline::device::ComputeDevice;
@@ -85,6 +85,9 @@ struct DemoArgs {
     /// A much smaller run (fewer images and epochs) for smoke tests; lower accuracy.
     #[arg(long)]
     quick: bool,
+    /// Precision of training and evaluation: f32, bf16 (mixed), f16 (CUDA only).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +213,11 @@ struct TrainArgs {
     /// orientation), lower it to flag foreign products sooner [default: 1.0].
     #[arg(long)]
     unknown_margin: Option<f64>,
+    /// Precision of the training step: f32, or bf16 mixed precision (matrix products and
+    /// convolutions in bfloat16; norms, loss, gradients, optimiser state and weights in
+    /// float32), f16 on CUDA [default: f32].
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Continue the run in --out from its last checkpoint (its config.toml is used).
     #[arg(long)]
     resume: bool,
@@ -257,6 +265,11 @@ struct EvalArgs {
     device: ComputeDevice,
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
+    /// Precision of the forward passes: f32, bf16 (matrix products and convolutions in
+    /// bfloat16, anomaly map in float32; fast on CPUs with AVX512-BF16/AMX and on GPUs), f16
+    /// (CUDA only).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Write anomaly maps per class into <run>/maps (readable by `omniad metrics`); the report
     /// needs them, so they are saved unless --no-report.
     #[arg(long)]
@@ -341,6 +354,11 @@ struct PredictArgs {
     device: ComputeDevice,
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
+    /// Precision of the forward passes: f32, bf16 (matrix products and convolutions in
+    /// bfloat16, anomaly map in float32; fast on CPUs with AVX512-BF16/AMX and on GPUs), f16
+    /// (CUDA only).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Args, Debug)]
@@ -354,6 +372,11 @@ struct ServeArgs {
     /// Device of the inference worker: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: ComputeDevice,
+    /// Precision of the forward passes: f32, bf16 (matrix products and convolutions in
+    /// bfloat16, anomaly map in float32; fast on CPUs with AVX512-BF16/AMX and on GPUs), f16
+    /// (CUDA only).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Most images per forward pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_batch: u64,
@@ -554,6 +577,7 @@ fn serve_cmd(a: ServeArgs) -> Result<()> {
     let mut opts = omniad_serve::ServeOptions::new(a.run);
     opts.bind = a.bind;
     opts.device = a.device;
+    opts.precision = a.precision;
     opts.max_batch = a.max_batch as usize;
     opts.max_wait = std::time::Duration::from_millis(a.max_wait_ms);
     opts.queue = a.queue as usize;
@@ -582,6 +606,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     let mut cfg = DemoConfig::standard(&dir);
     cfg.device = a.device;
     cfg.seed = a.seed;
+    cfg.precision = a.precision;
     if a.quick {
         cfg.synth.train_per_class = 16;
         cfg.synth.test_good_per_class = 6;
@@ -738,6 +763,7 @@ impl TrainArgs {
                     "--unknown-margin",
                     differs(&self.unknown_margin, &c.unknown_margin),
                 ),
+                ("--precision", differs(&self.precision, &cfg.precision)),
             ]
             .into_iter()
             .filter_map(|(name, given)| given.then_some(name))
@@ -784,6 +810,7 @@ impl TrainArgs {
             self.image_quantile => cfg.calibration.image_quantile,
             self.pixel_quantile => cfg.calibration.pixel_quantile,
             self.unknown_margin => cfg.calibration.unknown_margin,
+            self.precision => cfg.precision,
         );
         if self.keep_last_batch {
             cfg.drop_last = false;
@@ -943,6 +970,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         batch_size: a.batch_size as usize,
         save_maps: (a.save_maps || !a.no_report).then(|| a.run.join("maps")),
         progress: !a.json,
+        precision: a.precision,
     };
     let report_opts = ReportOptions {
         thumbs_per_class: a.thumbs,
@@ -1084,6 +1112,7 @@ fn predict_cmd(a: PredictArgs) -> Result<()> {
         out: a.out,
         batch_size: a.batch_size as usize,
         alpha: 0.5,
+        precision: a.precision,
     };
     let (mut scored, mut failed) = (0usize, unreadable.len());
     let mut stdout = std::io::stdout().lock();

@@ -71,6 +71,8 @@ pub fn gaussian_blur(map: &Tensor, sigma: f64) -> Tensor {
     let device = map.device();
     let gh = blur_matrix(&kernel, h).to_device(device);
     let gw = blur_matrix(&kernel, w).to_device(device);
+    let b = map.numel() as i64 / (h * w);
+    crate::precision::add_macs(b * h * w * (h + w));
     gh.matmul(&map.to_kind(Kind::Float)).matmul(&gw.tr())
 }
 

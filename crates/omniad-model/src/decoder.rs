@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{Branches, DecoderConfig, GlobalAttention, OmniBlockConfig};
 use crate::init::{conv2d, linear};
+use crate::precision::{self, full, Conv2d};
 
 /// Spatial size (H*W) from which [`instance_norm`] uses libtorch's group-norm kernel.
 const GROUP_NORM_MIN_PIXELS: i64 = 32 * 32;
@@ -22,7 +23,15 @@ const GROUP_NORM_MIN_PIXELS: i64 = 32 * 32;
 /// normalisation: per sample and channel, biased variance, eps 1e-5) has a channels-last kernel.
 /// Measured on 2 CPU cores, batch 16, forward + backward: 1.6x faster at 64x64x64, 1.1x at
 /// 32x32x128, but 0.8x at 16x16x256, hence the size switch.
+///
+/// Under bfloat16 on the CPU ([`precision::norm_keeps_low`]) the input stays bfloat16: libtorch's
+/// instance-norm kernel computes the statistics in float32 and rounds only its output, measured
+/// 2-4x faster than casting to float32 first (the group-norm kernel is slow in bfloat16).
 fn instance_norm(x: &Tensor) -> Tensor {
+    if precision::norm_keeps_low(x) {
+        return x.instance_norm::<Tensor>(None, None, None, None, true, 0.1, 1e-5, false);
+    }
+    let x = &full(x);
     let s = x.size();
     if s.len() == 4 && s[2] * s[3] >= GROUP_NORM_MIN_PIXELS {
         x.group_norm::<Tensor>(s[1], None, None, 1e-5, false)
@@ -46,7 +55,7 @@ impl Mlp {
         }
     }
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.apply(&self.fc1).silu().apply(&self.fc2)
+        precision::linear(&precision::linear(x, &self.fc1).silu(), &self.fc2)
     }
 }
 
@@ -84,6 +93,11 @@ enum PostSoftmaxBias<'a> {
 /// cores, batch 16, forward + backward: 4-5x faster at 4096 and 1024 tokens, equal at 256,
 /// outputs and gradients within 1.2e-6 relative.
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: PostSoftmaxBias) -> Tensor {
+    // The attention itself runs in float32 under every precision: with 8 heads its head width
+    // is 3..64, where libtorch's fused CPU kernel is bound by its softmax bookkeeping, not by
+    // the products; measured in bfloat16 no faster forward (8.1 vs 9.0 ms at 4096 x 64 tokens)
+    // and 2.3x slower forward + backward (stage 3 global branch, EfficientNet widths).
+    let (q, k, v) = (&full(q), &full(k), &full(v));
     let b = q.size()[0].max(k.size()[0]);
     let expand = |t: &Tensor| {
         let s = t.size();
@@ -105,9 +119,16 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: PostSoftmaxBias) -> Tensor {
         None,
         false,
     );
+    // q k^T and P v: 2 x B x h x Nq x Nk x d MACs.
+    let (sq, sk) = (q.size(), k.size());
+    precision::add_macs(2 * b * sq[1] * sq[2] * sk[2] * sq[3]);
     match bias {
         PostSoftmaxBias::None => out,
-        PostSoftmaxBias::PerKey(pe) => out + pe.matmul(v),
+        PostSoftmaxBias::PerKey(pe) => {
+            // [1, h, 1, Nk] @ [B, h, Nk, d]
+            precision::add_macs(v.numel() as i64);
+            out + pe.matmul(v)
+        }
         PostSoftmaxBias::PerQuery(pe) => out + pe * v.sum_dim_intlist(-2, true, Kind::Float),
     }
 }
@@ -161,8 +182,8 @@ impl ToProxy {
         match self.attention {
             GlobalAttention::SelfAttention => {
                 let tokens = x.reshape([b, h * w, c]);
-                let q = split_heads(&tokens.apply(&self.q), heads);
-                let kv = tokens.apply(&self.kv_x).chunk(2, -1);
+                let q = split_heads(&precision::linear(&tokens, &self.q), heads);
+                let kv = precision::linear(&tokens, &self.kv_x).chunk(2, -1);
                 let k = split_heads(&kv[0], heads);
                 let v = split_heads(&kv[1], heads);
                 let out =
@@ -185,8 +206,8 @@ impl ToProxy {
                 let n = self.num_tokens;
                 let side = (n as f64).sqrt().round() as i64;
                 // 1) learnable queries attend over the image tokens.
-                let q = split_heads(&lq.apply(&self.q), heads);
-                let kv = x.reshape([b, h * w, c]).apply(&self.kv_x).chunk(2, -1);
+                let q = split_heads(&precision::linear(lq, &self.q), heads);
+                let kv = precision::linear(&x.reshape([b, h * w, c]), &self.kv_x).chunk(2, -1);
                 let k = split_heads(&kv[0], heads);
                 let v = split_heads(&kv[1], heads);
                 let out = self.ffn1.forward(&merge_heads(&attend(
@@ -203,8 +224,11 @@ impl ToProxy {
                     .permute([0, 2, 3, 1]);
                 let mskip = out + x;
                 // 2) image tokens attend over learnable key/value tokens.
-                let q = split_heads(&mskip.reshape([b, h * w, c]).apply(q_2), heads);
-                let kv = lkv.apply(kv_y).chunk(2, -1);
+                let q = split_heads(
+                    &precision::linear(&mskip.reshape([b, h * w, c]), q_2),
+                    heads,
+                );
+                let kv = precision::linear(lkv, kv_y).chunk(2, -1);
                 let k = split_heads(&kv[0], heads);
                 let v = split_heads(&kv[1], heads);
                 let out = ffn2.forward(&merge_heads(&attend(
@@ -223,8 +247,8 @@ impl ToProxy {
 /// (reference `DWConv`). `[B, C, H, W]` -> `[B, C, H, W]`.
 #[derive(Debug)]
 struct DwConv {
-    dconv: nn::Conv2D,
-    pconv: nn::Conv2D,
+    dconv: Conv2d,
+    pconv: Conv2d,
 }
 
 impl DwConv {
@@ -235,8 +259,8 @@ impl DwConv {
         }
     }
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = instance_norm(&x.apply(&self.dconv)).silu();
-        instance_norm(&y.apply(&self.pconv)).silu()
+        let y = instance_norm(&self.dconv.forward(x)).silu();
+        instance_norm(&self.pconv.forward(&y)).silu()
     }
 }
 
@@ -245,7 +269,7 @@ impl DwConv {
 struct LocalBranch {
     conv33: DwConv,
     conv55: DwConv,
-    mlp: nn::Conv2D,
+    mlp: Conv2d,
 }
 
 /// One Omni-block (reference `OmniBlock`): `x + l2(SiLU(IN(l(global(x) + local(x)))))`.
@@ -298,7 +322,7 @@ impl OmniBlock {
         self.local.as_ref().map(|lb| {
             let xc = x.permute([0, 3, 1, 2]);
             let y = Tensor::cat(&[lb.conv33.forward(&xc), lb.conv55.forward(&xc)], 1);
-            instance_norm(&y.apply(&lb.mlp))
+            instance_norm(&lb.mlp.forward(&y))
                 .silu()
                 .permute([0, 2, 3, 1])
         })
@@ -307,10 +331,10 @@ impl OmniBlock {
     /// Fusion after the branches: `x + l2(SiLU(IN(l(fused))))`, all `[B, H, W, C]`, where
     /// `fused` is the sum of the branch outputs.
     pub fn fuse(&self, x: &Tensor, fused: &Tensor) -> Tensor {
-        let y = instance_norm(&fused.apply(&self.l).permute([0, 3, 1, 2]))
+        let y = instance_norm(&precision::linear(fused, &self.l).permute([0, 3, 1, 2]))
             .silu()
             .permute([0, 2, 3, 1]);
-        y.apply(&self.l2) + x
+        precision::linear(&y, &self.l2) + x
     }
 
     /// `x: [B, H, W, C]` -> `[B, H, W, C]`.
@@ -349,11 +373,13 @@ impl PatchExpand {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let (b, h, w, _) = x.size4().expect("PatchExpand expects [B, H, W, C]");
         let c = self.c_out;
-        x.apply(&self.expand)
-            .reshape([b, h, w, 2, 2, c])
-            .permute([0, 1, 3, 2, 4, 5])
-            .reshape([b, 2 * h, 2 * w, c])
-            .apply(&self.norm)
+        full(
+            &precision::linear(x, &self.expand)
+                .reshape([b, h, w, 2, 2, c])
+                .permute([0, 1, 3, 2, 4, 5])
+                .reshape([b, 2 * h, 2 * w, c]),
+        )
+        .apply(&self.norm)
     }
 }
 
@@ -405,7 +431,7 @@ impl Decoder {
                 x = block.forward(&x);
             }
             if i > 0 {
-                outs.push(x.permute([0, 3, 1, 2]));
+                outs.push(full(&x).permute([0, 3, 1, 2]));
             }
         }
         outs.reverse();

@@ -2,6 +2,8 @@
 //! `kaiming_normal_(mode='fan_out')`), so training from scratch starts where the reference does.
 use tch::nn::{self, init::FanInOut, init::NonLinearity, init::NormalOrUniform, Init};
 
+use crate::precision::Conv2d;
+
 /// PyTorch's default `nn.Conv2d`/`nn.Linear` weight init, `kaiming_uniform_(a=sqrt(5))`:
 /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 pub(crate) fn torch_default(fan_in: i64) -> Init {
@@ -28,9 +30,9 @@ pub(crate) const TRUNC_NORMAL_002: Init = Init::Randn {
 
 /// A stride-1 "same" conv (padding `k/2`) with bias and PyTorch's default init for weight and
 /// bias (the decoder's `dconv`, `pconv` and `mlp` convs).
-pub(crate) fn conv2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, groups: i64) -> nn::Conv2D {
+pub(crate) fn conv2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, groups: i64) -> Conv2d {
     let fan_in = c_in / groups * k * k;
-    nn::conv2d(
+    let conv = nn::conv2d(
         p,
         c_in,
         c_out,
@@ -42,7 +44,13 @@ pub(crate) fn conv2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, groups: i64) ->
             bs_init: torch_default(fan_in),
             ..Default::default()
         },
-    )
+    );
+    Conv2d {
+        conv,
+        stride: 1,
+        padding: k / 2,
+        groups,
+    }
 }
 
 /// A conv with `kaiming_normal_(fan_out)` weight and PyTorch-default bias (reference neck).
@@ -54,8 +62,8 @@ pub(crate) fn conv2d_fan_out(
     stride: i64,
     padding: i64,
     bias: bool,
-) -> nn::Conv2D {
-    nn::conv2d(
+) -> Conv2d {
+    let conv = nn::conv2d(
         p,
         c_in,
         c_out,
@@ -68,7 +76,13 @@ pub(crate) fn conv2d_fan_out(
             bs_init: torch_default(c_in * k * k),
             ..Default::default()
         },
-    )
+    );
+    Conv2d {
+        conv,
+        stride,
+        padding,
+        groups: 1,
+    }
 }
 
 /// A decoder Linear: `trunc_normal_(std=.02)` weight, zero bias (reference `Decoder._init_weights`).

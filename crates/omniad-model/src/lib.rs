@@ -8,6 +8,7 @@
 //! - [`anomaly_map`]: per-scale `1 - cos`, upsampling, Gaussian blur, image score.
 //! - [`model`]: the assembled [`OmniAd`] network, its loss and prediction.
 //! - [`config`]: architecture and ablation switches.
+//! - [`precision`]: float32 or bfloat16/float16 mixed precision of the matrix products.
 pub mod anomaly_map;
 pub mod checkpoint;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod decoder;
 mod init;
 pub mod model;
 pub mod neck;
+pub mod precision;
 pub mod recognition;
 pub mod teacher;
 pub mod weights;
@@ -23,5 +25,6 @@ pub use config::{
     Branches, ConfigError, DecoderConfig, GlobalAttention, NeckConfig, OmniAdConfig,
     OmniBlockConfig, MAX_IMAGE_SIDE, MAX_STAGE_DEPTH,
 };
-pub use model::{OmniAd, Prediction};
+pub use model::{MacCount, OmniAd, Prediction};
+pub use precision::Precision;
 pub use teacher::{Teacher, TeacherArch};

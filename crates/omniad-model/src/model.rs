@@ -28,6 +28,31 @@ pub struct Prediction {
     pub descriptors: Tensor,
 }
 
+/// Multiply-accumulate operations (MACs) per image, by part ([`OmniAd::macs_per_image`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacCount {
+    /// Teacher forward pass.
+    pub teacher: u64,
+    /// Neck and decoder forward pass.
+    pub student: u64,
+    /// Anomaly map (the Gaussian blur's matrix products).
+    pub anomaly_map: u64,
+}
+
+impl MacCount {
+    /// One image of inference: teacher, neck, decoder and anomaly map.
+    pub fn inference(&self) -> u64 {
+        self.teacher + self.student + self.anomaly_map
+    }
+
+    /// One image of a training step: the teacher's forward pass, and the student's forward
+    /// pass and backward pass, the backward counted as twice the forward (gradients of the
+    /// inputs and of the weights, each one product per forward product). No anomaly map.
+    pub fn train_step(&self) -> u64 {
+        self.teacher + 3 * self.student
+    }
+}
+
 /// Omni-AD: a frozen teacher, and a trainable student (neck + Omni-block decoder) that learns to
 /// reconstruct the teacher's features of normal images.
 ///
@@ -146,6 +171,27 @@ impl OmniAd {
     }
 
     /// Number of `(trainable, frozen)` parameters.
+    /// Multiply-accumulates per image of inference, counted by running one image of the
+    /// configured size through the network (see [`crate::precision::count_macs`] for what is
+    /// counted). A short forward pass at batch 1: milliseconds for small models, about a second
+    /// at the paper configuration on a CPU.
+    pub fn macs_per_image(&self) -> MacCount {
+        let (h, w) = (self.cfg.image_size.0 as i64, self.cfg.image_size.1 as i64);
+        let x = Tensor::zeros([1, 3, h, w], (Kind::Float, self.device()));
+        tch::no_grad(|| {
+            let (t, teacher) = crate::precision::count_macs(|| self.teacher_features(&x));
+            let (s, student) = crate::precision::count_macs(|| self.reconstruct(&t, false));
+            let (_, anomaly_map) = crate::precision::count_macs(|| {
+                let _ = anomaly_map::anomaly_map(&t, &s, (h, w));
+            });
+            MacCount {
+                teacher,
+                student,
+                anomaly_map,
+            }
+        })
+    }
+
     pub fn num_params(&self) -> (i64, i64) {
         let count =
             |vs: &VarStore| vs.variables().values().map(Tensor::numel).sum::<usize>() as i64;

@@ -5,6 +5,7 @@ use tch::Tensor;
 
 use crate::config::NeckConfig;
 use crate::init::conv2d_fan_out;
+use crate::precision::{full, Conv2d, Precision};
 
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     nn::batch_norm2d(p, c, Default::default())
@@ -13,13 +14,13 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
 /// timm `Bottleneck` (expansion 4, stride on the 3x3 conv, ReLU after the residual sum).
 #[derive(Debug)]
 struct Bottleneck {
-    conv1: nn::Conv2D,
+    conv1: Conv2d,
     bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
+    conv2: Conv2d,
     bn2: nn::BatchNorm,
-    conv3: nn::Conv2D,
+    conv3: Conv2d,
     bn3: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    downsample: Option<(Conv2d, nn::BatchNorm)>,
 }
 
 impl Bottleneck {
@@ -43,11 +44,17 @@ impl Bottleneck {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = self.bn1.forward_t(&x.apply(&self.conv1), train).relu();
-        let y = self.bn2.forward_t(&y.apply(&self.conv2), train).relu();
-        let y = self.bn3.forward_t(&y.apply(&self.conv3), train);
+        let y = self
+            .bn1
+            .forward_t(&full(&self.conv1.forward(x)), train)
+            .relu();
+        let y = self
+            .bn2
+            .forward_t(&full(&self.conv2.forward(&y)), train)
+            .relu();
+        let y = self.bn3.forward_t(&full(&self.conv3.forward(&y)), train);
         let shortcut = match &self.downsample {
-            Some((conv, norm)) => norm.forward_t(&x.apply(conv), train),
+            Some((conv, norm)) => norm.forward_t(&full(&conv.forward(x)), train),
             None => x.shallow_clone(),
         };
         (y + shortcut).relu()
@@ -65,15 +72,15 @@ impl Bottleneck {
 /// State-dict names are the reference's (`Neck.conv1.weight`, `Neck.bn_layer.0.downsample.0.weight`, ...).
 #[derive(Debug)]
 pub struct Neck {
-    conv1: nn::Conv2D,
+    conv1: Conv2d,
     bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
+    conv2: Conv2d,
     bn2: nn::BatchNorm,
-    conv21: nn::Conv2D,
+    conv21: Conv2d,
     bn21: nn::BatchNorm,
-    conv31: nn::Conv2D,
+    conv31: Conv2d,
     bn31: nn::BatchNorm,
-    convf: nn::Conv2D,
+    convf: Conv2d,
     bnf: nn::BatchNorm,
     bn_layer: Vec<Bottleneck>,
 }
@@ -110,21 +117,35 @@ impl Neck {
     ///
     /// `feats` must hold the three teacher maps in order (shapes above).
     pub fn forward_t(&self, feats: &[Tensor], train: bool) -> Tensor {
+        // Always float32 (crate::precision): the gradients through its train-mode BatchNorms
+        // cancel almost completely (even float32 summation order moves them by 1e-2), and
+        // bfloat16 convolutions here turned them 65% away from float32 on a 4-image batch;
+        // the neck is 1-2% of the compute.
+        Precision::F32.run(|| self.forward_f32(feats, train))
+    }
+
+    fn forward_f32(&self, feats: &[Tensor], train: bool) -> Tensor {
         let fpn0 = self
             .bn1
-            .forward_t(&feats[0].apply(&self.conv1), train)
+            .forward_t(&full(&self.conv1.forward(&feats[0])), train)
             .relu();
         let fpn1 = self
             .bn21
-            .forward_t(&feats[1].apply(&self.conv21), train)
+            .forward_t(&full(&self.conv21.forward(&feats[1])), train)
             .relu()
             + fpn0;
-        let s = self.bn2.forward_t(&fpn1.apply(&self.conv2), train).relu()
+        let s = self
+            .bn2
+            .forward_t(&full(&self.conv2.forward(&fpn1)), train)
+            .relu()
             + self
                 .bn31
-                .forward_t(&feats[2].apply(&self.conv31), train)
+                .forward_t(&full(&self.conv31.forward(&feats[2])), train)
                 .relu();
-        let mut s = self.bnf.forward_t(&s.apply(&self.convf), train).relu();
+        let mut s = self
+            .bnf
+            .forward_t(&full(&self.convf.forward(&s)), train)
+            .relu();
         for block in &self.bn_layer {
             s = block.forward_t(&s, train);
         }

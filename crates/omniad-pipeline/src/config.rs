@@ -85,6 +85,14 @@ pub struct TrainConfig {
     /// [`CalibrationConfig::none`], so that they resume on the same training images.
     #[serde(default = "CalibrationConfig::none")]
     pub calibration: CalibrationConfig,
+    /// Precision of the training step: `f32`, or `bf16` / `f16` mixed precision (the
+    /// decoder's linear layers and convolutions in the low precision; the teacher, whose
+    /// features are the targets, the neck, the attention, the loss, the gradients of the master
+    /// weights, the optimiser state and the weights themselves in float32; see
+    /// [`omniad_model::precision`]). The end-of-training calibration scores in float32. A
+    /// `config.toml` without the key (runs made before it) reads as `f32`.
+    #[serde(default)]
+    pub precision: omniad_model::Precision,
 }
 
 /// How `omniad train` holds out normal images and calibrates the run's decisions on them (see
@@ -178,6 +186,7 @@ impl Default for TrainConfig {
             data: DataConfig::default(),
             optim: AdamWConfig::default(),
             calibration: CalibrationConfig::default(),
+            precision: omniad_model::Precision::F32,
         }
     }
 }
@@ -270,6 +279,7 @@ impl From<FlatTrainConfig> for TrainConfig {
             },
             optim: f.optim,
             calibration: CalibrationConfig::none(),
+            precision: omniad_model::Precision::F32,
         }
     }
 }

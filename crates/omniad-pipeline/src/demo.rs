@@ -36,6 +36,8 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Show progress bars.
     pub progress: bool,
+    /// Precision of training and evaluation ([`omniad_model::Precision`]).
+    pub precision: omniad_model::Precision,
 }
 
 impl DemoConfig {
@@ -56,6 +58,7 @@ impl DemoConfig {
             device: ComputeDevice::Cpu,
             seed: 42,
             progress: true,
+            precision: omniad_model::Precision::F32,
         }
     }
 
@@ -78,6 +81,7 @@ impl DemoConfig {
         };
         cfg.model.depths = self.depths;
         cfg.model.image_size = (self.image_size, self.image_size);
+        cfg.precision = self.precision;
         cfg.optim.lr = self.lr;
         cfg
     }
@@ -163,6 +167,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoOutcome> {
         &EvalOptions {
             save_maps: Some(maps_dir.clone()),
             progress: cfg.progress,
+            precision: cfg.precision,
             ..Default::default()
         },
     )?;

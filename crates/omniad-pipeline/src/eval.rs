@@ -12,7 +12,7 @@ use omniad_metrics::{
 };
 use omniad_model::checkpoint::{self, Thresholds};
 use omniad_model::recognition::ClassBank;
-use omniad_model::OmniAd;
+use omniad_model::{OmniAd, Precision};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -36,6 +36,9 @@ pub struct EvalOptions {
     pub save_maps: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Precision of the forward passes (float32, or bfloat16/float16 matrix products with the
+    /// anomaly map in float32; see [`omniad_model::precision`]).
+    pub precision: Precision,
 }
 
 impl Default for EvalOptions {
@@ -45,6 +48,7 @@ impl Default for EvalOptions {
             batch_size: 16,
             save_maps: None,
             progress: false,
+            precision: Precision::F32,
         }
     }
 }
@@ -211,7 +215,8 @@ pub fn evaluate_model(
         let batch = batch?;
         let b = batch.indices.len();
         let pred = libtorch("forward pass of a test batch", || {
-            model.predict(&images_tensor(&batch.images, b, &pp, model.device()))
+            let x = images_tensor(&batch.images, b, &pp, model.device());
+            opts.precision.run(|| model.predict(&x))
         })?;
         let maps: Vec<f32> = Vec::<f32>::try_from(
             pred.anomaly_map
@@ -476,6 +481,9 @@ pub fn eval_run(
     opts: &EvalOptions,
 ) -> Result<EvalOutput> {
     let device = device.open()?;
+    opts.precision
+        .check_device(device)
+        .map_err(anyhow::Error::msg)?;
     let ckpt = crate::runs::checkpoint_of(run)?;
     let (model, meta, bank) = checkpoint::load_full(&ckpt, device)?;
     let mut out = evaluate_model(&model, bank.as_ref(), ds, opts)?;

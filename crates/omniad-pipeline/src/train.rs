@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use omniad_data::{open_dataset, Dataset, Loader, LoaderOptions, OpenOptions, Preprocess};
 use omniad_model::checkpoint;
 use omniad_model::recognition::ClassFit;
-use omniad_model::OmniAd;
+use omniad_model::{OmniAd, Precision};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
@@ -240,9 +240,13 @@ fn startup_summary(
             cfg.epochs, cfg.batch_size, cfg.optim.lr
         ),
         format!(
-            "  device: {} ({} CPU threads)",
+            "  device: {} ({} CPU threads), precision {}",
             device_name(model.device()),
-            tch::get_num_threads()
+            tch::get_num_threads(),
+            match cfg.precision {
+                Precision::F32 => "f32".to_string(),
+                p => format!("{p} (mixed: decoder matrix products in {p}; teacher, neck, weights and optimiser in f32)"),
+            }
         ),
         format!("  feature cache: {}", plan.reason),
         if val.is_empty() {
@@ -328,6 +332,10 @@ impl<'a> FeatureSource<'a> {
             );
         }
         let t0 = Instant::now();
+        // Always float32: the teacher's features are the training targets, and bfloat16
+        // features (about 1e-2 relative) turned the neck's gradients 65-90% away from float32
+        // (crates/omniad-model/tests/precision.rs); with the feature cache the teacher runs once
+        // per image anyway.
         let fresh = libtorch("teacher forward pass of a training batch", || {
             let x = images_tensor(&batch.images, idx.len(), &self.pp, model.device());
             model.teacher_features(&x)
@@ -354,19 +362,24 @@ impl<'a> FeatureSource<'a> {
 ///
 /// # Errors
 /// A non-finite loss (divergence), naming the epoch and step.
+#[allow(clippy::too_many_arguments)]
 fn optimisation_step(
     model: &OmniAd,
     opt: &mut AdamW,
     feats: &[Tensor],
     lr: f64,
     jitter_seed: i64,
+    precision: Precision,
     at: (usize, u64),
 ) -> Result<(f64, f64)> {
     let (loss_v, grad_norm) = libtorch(
         &format!("training step {} (epoch {})", at.1 + 1, at.0 + 1),
         || {
             tch::manual_seed(jitter_seed);
-            let recon = model.reconstruct(feats, true);
+            // Forward in `precision` (the decoder hands out float32 features, so the loss is
+            // float32); the backward pass follows the recorded kinds and the casts of the
+            // float32 master weights, so their gradients arrive in float32.
+            let recon = precision.run(|| model.reconstruct(feats, true));
             let loss = OmniAd::loss(feats, &recon);
             opt.zero_grad();
             loss.backward();
@@ -491,6 +504,9 @@ fn teacher_floats_per_image(model: &OmniAd) -> Result<u64> {
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     cfg.validate()?;
     let device = cfg.device.open()?;
+    cfg.precision
+        .check_device(device)
+        .map_err(anyhow::Error::msg)?;
     let paths = RunPaths::new(&cfg.out);
     let _lock = runs::prepare_run_dir(&paths, opts.resume)?;
 
@@ -569,6 +585,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             "seed": cfg.seed,
             "optim": cfg.optim,
             "device": device_name(device),
+            "precision": cfg.precision,
             "feature_cache": cfg.feature_cache,
             "feature_cache_used": plan.mode,
         })
@@ -633,6 +650,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 &feats,
                 lr,
                 step_seed(cfg.seed, state.steps),
+                cfg.precision,
                 (epoch, state.steps),
             )?;
             state.steps += 1;

@@ -280,6 +280,8 @@ pub struct ModelDescription {
     pub weights_sha256: String,
     /// Device of the inference worker.
     pub device: String,
+    /// Precision of the forward passes: `f32`, `bf16` or `f16`.
+    pub precision: String,
     /// Most images per forward pass.
     pub max_batch: usize,
     /// Most images per request.
@@ -312,6 +314,7 @@ async fn model(State(st): State<Arc<AppState>>) -> Result<Json<ModelDescription>
         teacher: meta.config.teacher.to_string(),
         weights_sha256: meta.weights_sha256.clone(),
         device: st.opts.device.to_string(),
+        precision: st.opts.precision.to_string(),
         max_batch: st.opts.max_batch,
         max_images: st.opts.max_images,
     }))

@@ -114,10 +114,10 @@ pub async fn serve(
         max_batch: opts.max_batch,
         max_wait: opts.max_wait,
     };
-    let (run, device) = (opts.run.clone(), opts.device);
+    let (run, device, precision) = (opts.run.clone(), opts.device, opts.precision);
     let worker = std::thread::Builder::new()
         .name("omniad-inference".into())
-        .spawn(move || worker::run(run, device, batching, jobs_rx, loaded_tx))
+        .spawn(move || worker::run(run, device, precision, batching, jobs_rx, loaded_tx))
         .context("cannot start the inference thread")?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = Arc::new(AppState {

@@ -21,6 +21,8 @@ pub struct ServeOptions {
     pub bind: SocketAddr,
     /// Device of the inference worker.
     pub device: ComputeDevice,
+    /// Precision of the worker's forward passes ([`omniad_pipeline::predict::Scorer::set_precision`]).
+    pub precision: omniad_model::Precision,
     /// Most images in one forward pass, at least 1.
     pub max_batch: usize,
     /// How long the worker waits for more requests to fill a batch after the first arrives.
@@ -59,6 +61,7 @@ impl ServeOptions {
             run: run.into(),
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             device: ComputeDevice::Cpu,
+            precision: omniad_model::Precision::F32,
             max_batch: 8,
             max_wait: Duration::from_millis(5),
             queue: 64,

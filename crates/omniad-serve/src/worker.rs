@@ -54,16 +54,20 @@ pub struct Batching {
     pub max_wait: Duration,
 }
 
-/// Loads the model of `run` on `device`, reports it on `loaded`, then scores jobs from `jobs`
+/// Loads the model of `run` on `device` at `precision`, reports it on `loaded`, then scores jobs from `jobs`
 /// until every sender is dropped. A load failure is reported on `loaded` and ends the thread.
 pub fn run(
     run: PathBuf,
     device: ComputeDevice,
+    precision: omniad_model::Precision,
     batching: Batching,
     jobs: Receiver<Job>,
     loaded: oneshot::Sender<anyhow::Result<Loaded>>,
 ) {
-    let scorer = match Scorer::load(&run, device) {
+    let scorer = match Scorer::load(&run, device).and_then(|mut s| {
+        s.set_precision(precision)?;
+        Ok(s)
+    }) {
         Ok(s) => s,
         Err(e) => {
             let _ = loaded.send(Err(e));

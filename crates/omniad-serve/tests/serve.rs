@@ -203,6 +203,7 @@ fn info_endpoints() {
     );
     assert_eq!(v["weights_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(v["classes"], serde_json::json!(["bottle", "cable"]));
+    assert_eq!(v["precision"].as_str(), Some("f32"));
     assert_eq!(
         (v["input_height"].as_u64(), v["input_width"].as_u64()),
         (Some(64), Some(96))
@@ -455,4 +456,43 @@ fn unloadable_model_stops_the_service() {
         .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("checksum mismatch"), "{msg}");
+}
+
+/// `--precision bf16`: `/v1/model` says so, and the worker's scores are those of `omniad
+/// predict --precision bf16` bit for bit (same scoring path), within 2% of the float32 scores.
+#[test]
+fn bfloat16_worker_matches_predict_in_bfloat16() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = write_images(tmp.path(), 2);
+    let mut opts = options();
+    opts.precision = omniad_model::Precision::Bf16;
+    let server = TestServer::start(opts);
+    let r = request(server.addr, "GET", "/v1/model", &[], b"");
+    assert_eq!(r.json()["precision"].as_str(), Some("bf16"));
+    let pred = |precision| {
+        let o = PredictOptions {
+            batch_size: 1,
+            precision,
+            ..PredictOptions::default()
+        };
+        predict_run(run_dir(), &files, ComputeDevice::Cpu, &o, |_| Ok(())).unwrap()
+    };
+    let (bf16, f32) = (
+        pred(omniad_model::Precision::Bf16),
+        pred(omniad_model::Precision::F32),
+    );
+    for (i, f) in files.iter().enumerate() {
+        let bytes = std::fs::read(f).unwrap();
+        let r = request(server.addr, "POST", "/v1/predict", &[PNG], &bytes);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let got = r.json()["image_score"].as_f64().unwrap();
+        let want = bf16[i].record().unwrap().image_score;
+        let full = f32[i].record().unwrap().image_score;
+        assert_eq!(got, want, "image {i}");
+        assert!(
+            (got - full).abs() <= 0.02 * full && got != full,
+            "bf16 {got} vs f32 {full}"
+        );
+    }
+    server.stop().unwrap();
 }

@@ -8,6 +8,8 @@
 //! untouched (the Omni-AD teacher is frozen, paper Sec. 3.1).
 use tch::{nn, TchError, Tensor};
 
+use crate::precision::{add_conv_macs, low};
+
 /// A bias-free 2-D convolution whose weight `[C_out, C_in / groups, k, k]` is stored under
 /// `<path>.weight`, initialised Kaiming-normal (fan-in, ReLU gain) until weights are loaded.
 #[derive(Debug)]
@@ -86,27 +88,33 @@ impl FrozenConv2d {
         bias: Option<&Tensor>,
         same: bool,
     ) -> Result<Tensor, TchError> {
+        // In the current precision (crate::precision): a no-op under float32.
+        let (weight, bias) = (&low(weight), bias.map(low));
         let conv = |x: &Tensor, pad: i64| {
-            x.f_conv2d(
+            low(x).f_conv2d(
                 weight,
-                bias,
+                bias.as_ref(),
                 [self.stride, self.stride],
                 [pad, pad],
                 [1, 1],
                 self.groups,
             )
         };
-        if !same {
-            return conv(x, self.padding);
-        }
-        let size = x.size();
-        let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
-        let (top, bottom) = same_padding(h, self.kernel, self.stride);
-        let (left, right) = same_padding(w, self.kernel, self.stride);
-        if top == bottom && left == right && top == left {
-            return conv(x, top);
-        }
-        conv(&x.f_constant_pad_nd([left, right, top, bottom])?, 0)
+        let y = if !same {
+            conv(x, self.padding)?
+        } else {
+            let size = x.size();
+            let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
+            let (top, bottom) = same_padding(h, self.kernel, self.stride);
+            let (left, right) = same_padding(w, self.kernel, self.stride);
+            if top == bottom && left == right && top == left {
+                conv(x, top)?
+            } else {
+                conv(&x.f_constant_pad_nd([left, right, top, bottom])?, 0)?
+            }
+        };
+        add_conv_macs(weight, &y);
+        Ok(y)
     }
 
     /// Number of weight elements.

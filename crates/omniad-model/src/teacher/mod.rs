@@ -23,6 +23,7 @@
 //! and `fc` are not part of the teacher and are ignored when loading. EfficientNet-Lite0 weights
 //! ship with omniad (`assets/efficientnet_lite0.safetensors`, Apache-2.0, stem and blocks 0..10)
 //! and are embedded in the library: [`Teacher::load_shipped_weights`] works offline.
+use crate::precision::full;
 use crate::weights::{self, AssignOptions, LoadReport, Mismatch, WeightsError};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -358,7 +359,8 @@ impl Teacher {
             Net::ResNet(n) => n.forward(x)?,
             Net::EfficientNet(n) => n.forward(x)?,
         };
-        Ok(feats.iter().map(Tensor::contiguous).collect())
+        // Handed out in float32 whatever the precision of the convolutions (crate::precision).
+        Ok(feats.iter().map(|f| full(f).contiguous()).collect())
     }
 
     /// [`Teacher::try_forward`] for inputs the caller has already validated.
