@@ -4,6 +4,10 @@
 #
 #   bash bench/precision.sh WORK_DIR [SEED ...]        (default seeds: 42 7)
 #
+# THREADS (default 1: on a machine shared with other jobs libtorch's OpenMP threads spin-wait;
+# precision is compared at the same thread count) and QUICK=1 (`omniad demo --quick`: 16 training
+# images per class, 8 epochs) are read from the environment.
+#
 # For each seed: `omniad demo` in float32 (train + eval), the same run evaluated with
 # `--precision bf16` (bf16 inference of an f32-trained model), `omniad demo --precision bf16`
 # (mixed-precision training, evaluated in bf16) and that run evaluated in f32. Prints mean
@@ -18,19 +22,24 @@ seeds=("$@")
 bash scripts/setup.sh
 cargo build --release -q
 bin="${CARGO_TARGET_DIR:-target}/release/omniad"
+threads=${THREADS:-1}
+quick=()
+[ "${QUICK:-0}" = 1 ] && quick=(--quick)
 mkdir -p "$work"
 for seed in "${seeds[@]}"; do
     d="$work/seed$seed"
     for p in f32 bf16; do
         echo "[precision] seed $seed: demo trained in $p" >&2
         start=$(date +%s)
-        "$bin" demo --dir "$d/$p" --seed "$seed" --precision "$p" > "$d.$p.demo.log" 2>&1
+        "$bin" --threads "$threads" demo --dir "$d/$p" --seed "$seed" --precision "$p" "${quick[@]}" \
+            > "$d.$p.demo.log" 2>&1
         echo "$(( $(date +%s) - start ))" > "$d.$p.seconds"
         cp "$d/$p/run/metrics.json" "$d.$p-trained.$p-eval.metrics.json"
         cp "$d/$p/run/results.json" "$d.$p-trained.$p-eval.results.json"
         other=$([ "$p" = f32 ] && echo bf16 || echo f32)
         echo "[precision] seed $seed: $p-trained model evaluated in $other" >&2
-        "$bin" eval --run "$d/$p/run" --precision "$other" --no-report --json > /dev/null
+        "$bin" --threads "$threads" eval --run "$d/$p/run" --precision "$other" --no-report --json \
+            > /dev/null
         cp "$d/$p/run/metrics.json" "$d.$p-trained.$other-eval.metrics.json"
         cp "$d/$p/run/results.json" "$d.$p-trained.$other-eval.results.json"
     done

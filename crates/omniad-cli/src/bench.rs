@@ -273,7 +273,7 @@ fn bench_model(
         let mut parts = [0.0f64; 3];
         let step = time(iters, || {
             let t0 = Instant::now();
-            // float32 teacher: its features are the targets (as `omniad train` does)
+            // (the teacher runs in float32 under every precision)
             let t = model.teacher_features(&x);
             sync(device);
             let t1 = Instant::now();

@@ -5,14 +5,14 @@
 //! [`Precision::F32`] (the default) every op runs in float32 exactly as before. Under `Bf16` or
 //! `F16`, per op (measured choices, see the README's precision table):
 //!
-//! - low precision: the convolutions of the teacher (inference only: training computes its
-//!   targets with the float32 teacher) and of the decoder's local branch, and the decoder's
-//!   linear layers; their weights are cast at the call (training keeps float32 master weights,
-//!   so the casts are differentiable and the gradients arrive in float32);
+//! - low precision: the decoder's linear layers and the convolutions of its local branch; their
+//!   weights are cast at the call (training keeps float32 master weights, so the casts are
+//!   differentiable and the gradients arrive in float32);
 //! - InstanceNorm (decoder): on the CPU in bfloat16, the kernel computing its statistics in
 //!   float32 (measured 2-4x faster than a float32 norm after a cast); on CUDA in float32;
-//! - float32: the whole neck (its train-mode BatchNorm gradients nearly cancel, see
-//!   `Neck::forward_t`), the attention (`scaled_dot_product_attention`: no faster in bfloat16 at
+//! - float32: the teacher (its features are the training targets and one side of the anomaly
+//!   map; see `Teacher::try_forward`), the whole neck (its train-mode BatchNorm gradients nearly
+//!   cancel, see `Neck::forward_t`), the attention (`scaled_dot_product_attention`: no faster in bfloat16 at
 //!   these head widths, 2.3x slower backward), LayerNorm, the residual stream (a low-precision
 //!   branch added to a float32 residual promotes to float32), the teacher and decoder feature
 //!   maps handed out of the network, the loss, the anomaly map and its Gaussian blur, the

@@ -29,14 +29,16 @@ fn bf16_inference_is_close_to_f32_and_hands_out_f32() {
         for t in [&low.anomaly_map, &low.image_scores, &low.descriptors] {
             assert_eq!(t.kind(), Kind::Float);
         }
-        let (dm, ds, dd) = (
+        let (dm, ds) = (
             rel(&low.anomaly_map, &full.anomaly_map),
             rel(&low.image_scores, &full.image_scores),
-            rel(&low.descriptors, &full.descriptors),
         );
-        println!("{teacher:?}: anomaly map {dm:.2e}, image scores {ds:.2e}, descriptors {dd:.2e}");
+        println!("{teacher:?}: anomaly map {dm:.2e}, image scores {ds:.2e}");
         // bfloat16 rounds each operand to 8 bits (3.9e-3 relative); errors average out.
-        assert!(dm < 2e-2 && ds < 2e-2 && dd < 2e-2, "{dm} {ds} {dd}");
+        assert!(dm < 2e-2 && ds < 2e-2, "{dm} {ds}");
+        // The teacher runs in float32 under every precision: the class-recognition
+        // descriptors (teacher features only) are bit-identical.
+        assert!(low.descriptors.equal(&full.descriptors));
         // ...and it really ran in bfloat16
         assert!(dm > 1e-5, "{dm}");
         // Outside `run` the model is float32 again, bit for bit.
@@ -52,8 +54,9 @@ fn bf16_training_step_gives_f32_gradients_close_to_f32() {
         for (_, mut v) in m.trainable_named() {
             v.zero_grad();
         }
-        // Training targets come from the float32 teacher (as `omniad train` computes them).
-        let t = m.teacher_features(&x);
+        // The teacher runs in float32 under every precision: the targets are exact.
+        let t = p.run(|| m.teacher_features(&x));
+        assert!(t[2].equal(&m.teacher_features(&x)[2]));
         let s = p.run(|| m.reconstruct(&t, true));
         let loss = OmniAd::loss(&t, &s);
         assert_eq!(loss.kind(), Kind::Float);

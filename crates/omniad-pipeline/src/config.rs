@@ -87,7 +87,7 @@ pub struct TrainConfig {
     pub calibration: CalibrationConfig,
     /// Precision of the training step: `f32`, or `bf16` / `f16` mixed precision (the
     /// decoder's linear layers and convolutions in the low precision; the teacher, whose
-    /// features are the targets, the neck, the attention, the loss, the gradients of the master
+    /// features are the targets (it runs in float32 under every precision), the neck, the attention, the loss, the gradients of the master
     /// weights, the optimiser state and the weights themselves in float32; see
     /// [`omniad_model::precision`]). The end-of-training calibration scores in float32. A
     /// `config.toml` without the key (runs made before it) reads as `f32`.

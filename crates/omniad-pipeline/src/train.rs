@@ -332,10 +332,9 @@ impl<'a> FeatureSource<'a> {
             );
         }
         let t0 = Instant::now();
-        // Always float32: the teacher's features are the training targets, and bfloat16
-        // features (about 1e-2 relative) turned the neck's gradients 65-90% away from float32
-        // (crates/omniad-model/tests/precision.rs); with the feature cache the teacher runs once
-        // per image anyway.
+        // The teacher runs in float32 under every precision (its features are the targets;
+        // bfloat16 features turned the neck's gradients 65-90% away from float32, see
+        // crates/omniad-model/tests/precision.rs).
         let fresh = libtorch("teacher forward pass of a training batch", || {
             let x = images_tensor(&batch.images, idx.len(), &self.pp, model.device());
             model.teacher_features(&x)

@@ -8,7 +8,7 @@
 //! untouched (the Omni-AD teacher is frozen, paper Sec. 3.1).
 use tch::{nn, TchError, Tensor};
 
-use crate::precision::{add_conv_macs, low};
+use crate::precision::add_conv_macs;
 
 /// A bias-free 2-D convolution whose weight `[C_out, C_in / groups, k, k]` is stored under
 /// `<path>.weight`, initialised Kaiming-normal (fan-in, ReLU gain) until weights are loaded.
@@ -88,12 +88,10 @@ impl FrozenConv2d {
         bias: Option<&Tensor>,
         same: bool,
     ) -> Result<Tensor, TchError> {
-        // In the current precision (crate::precision): a no-op under float32.
-        let (weight, bias) = (&low(weight), bias.map(low));
         let conv = |x: &Tensor, pad: i64| {
-            low(x).f_conv2d(
+            x.f_conv2d(
                 weight,
-                bias.as_ref(),
+                bias,
                 [self.stride, self.stride],
                 [pad, pad],
                 [1, 1],
