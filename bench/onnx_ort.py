@@ -94,6 +94,11 @@ def main(dirs):
                     "score_max_abs_diff": float(np.abs(score - ref["image_score"]).max()),
                     "descriptor_max_abs_diff": float(np.abs(desc - ref["descriptors"]).max()),
                     "verdicts_identical": v_ort == v_lib,
+                    "verdicts": {
+                        "anomalous": sum(v is True for v in v_lib),
+                        "normal": sum(v is False for v in v_lib),
+                        "unknown_class": sum(v is None for v in v_lib),
+                    },
                     "ort_batch_seconds": min(runs),
                 }
             )

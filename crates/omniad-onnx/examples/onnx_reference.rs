@@ -3,14 +3,15 @@
 //!
 //! ```text
 //! cargo run --release -p omniad-onnx --example onnx_reference -- \
-//!     (--run RUN | --paper efficientnet_lite0|resnet34) --out DIR [--images N] [--seed S]
+//!     (--run RUN | --paper efficientnet_lite0|resnet34) --out DIR [--images N] [--seed S] \\
+//!     [--from IMAGE_FOLDER]
 //! ```
 //!
 //! `--paper TEACHER` builds the paper's network (depths [3, 9, 9, 7], 256 px, 64 tokens) with
 //! seeded random student weights (and, for ResNet34, a seeded random teacher: no weights are
 //! shipped) and saves it as `DIR/run/model.json`. The checkpoint is exported to
 //! `DIR/model.onnx` (dynamic batch) and `DIR/reference.safetensors` receives `input`
-//! `[N, 3, H, W]` (preprocessed synthetic images), `anomaly_map` `[N, H, W]`, `image_score`
+//! `[N, 3, H, W]` (the first N images of `--from`, else generated ones, preprocessed), `anomaly_map` `[N, H, W]`, `image_score`
 //! `[N]` and `descriptors` `[N, D]` from `OmniAd::predict`, all f32.
 use std::path::PathBuf;
 
@@ -91,9 +92,26 @@ fn main() -> Result<()> {
     );
     let (model, _meta) = checkpoint::load(&ckpt, Device::Cpu)?;
     let pp = preprocess_for(&model.cfg);
-    let flat: Vec<f32> = (0..n)
-        .flat_map(|i| preprocess_rgb(&image(200 + 13 * i as u32, 180, i as u32), &pp))
-        .collect();
+    let images: Vec<RgbImage> = match get("--from") {
+        // the first N image files of a folder (sorted), e.g. a sample of a test split
+        Some(dir) => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| omniad_data::has_image_extension(p))
+                .collect();
+            files.sort();
+            files
+                .iter()
+                .take(n)
+                .map(|p| omniad_data::load_rgb(p).map_err(anyhow::Error::from))
+                .collect::<Result<_>>()?
+        }
+        None => (0..n)
+            .map(|i| image(200 + 13 * i as u32, 180, i as u32))
+            .collect(),
+    };
+    let n = images.len();
+    let flat: Vec<f32> = images.iter().flat_map(|i| preprocess_rgb(i, &pp)).collect();
     let x = Tensor::from_slice(&flat).reshape([n as i64, 3, pp.size.0 as i64, pp.size.1 as i64]);
     let t0 = std::time::Instant::now();
     let pred = model.predict(&x);
