@@ -286,3 +286,114 @@ pub fn make_record(
         height,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::{InputSpec, OutputSpec, Thresholds};
+
+    fn sidecar(recognition: Option<Recognition>, thresholds: Option<Thresholds>) -> Sidecar {
+        Sidecar {
+            format: crate::sidecar::FORMAT.into(),
+            version: crate::sidecar::VERSION,
+            omniad_version: "test".into(),
+            model_file: "m.onnx".into(),
+            model_sha256: String::new(),
+            checkpoint_sha256: String::new(),
+            opset: 17,
+            config: serde_json::Value::Null,
+            input: InputSpec {
+                name: "input".into(),
+                layout: "NCHW".into(),
+                size: (64, 64),
+                batch: None,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+                resize: String::new(),
+            },
+            outputs: OutputSpec {
+                anomaly_map: "anomaly_map".into(),
+                image_score: "image_score".into(),
+                descriptors: "descriptors".into(),
+            },
+            anomaly_map: String::new(),
+            classes: vec!["a".into(), "b".into()],
+            thresholds,
+            score_normalisation: String::new(),
+            recognition,
+        }
+    }
+
+    fn bank() -> Recognition {
+        Recognition {
+            descriptor: "teacher-gap-l2-v1".into(),
+            classes: vec!["a".into(), "b".into()],
+            unknown_distance: vec![0.5, 0.5],
+            margin: 1.0,
+            bank: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
+            labels: vec![0, 1],
+        }
+    }
+
+    #[test]
+    fn recognition_nearest_class_confidence_and_unknown() {
+        let r = bank();
+        // cos 0.8 to a, 0.6 to b: distances 0.2 and 0.4, confidence 1 - 0.2/0.4
+        let got = recognise(&r, &[0.8, 0.6]).expect("recognise");
+        assert_eq!(got.class, 0);
+        assert!((got.distance - 0.2).abs() < 1e-6);
+        assert!((got.confidence - 0.5).abs() < 1e-6);
+        assert!(!got.unknown);
+        // opposite to both: distances 1.6 (a) and 1.8 (b) > 0.5, unknown
+        let far = recognise(&r, &[-0.6, -0.8]).expect("recognise");
+        assert!(far.unknown && far.class == 0 && (far.distance - 1.6).abs() < 1e-6);
+        assert!(recognise(&r, &[1.0]).is_err());
+    }
+
+    #[test]
+    fn thresholds_by_class_then_global_and_none_for_unknown() {
+        let th = Thresholds {
+            global: Some(0.3),
+            per_class: [("a".to_string(), 0.2)].into_iter().collect(),
+            pixel_per_class: [("a".to_string(), 0.25)].into_iter().collect(),
+            ..Default::default()
+        };
+        let s = sidecar(Some(bank()), Some(th));
+        let r = recognise(s.recognition.as_ref().unwrap(), &[0.8, 0.6]).unwrap();
+        let j = judge(&s, Some(("a", &r)), None, None).unwrap();
+        assert_eq!((j.threshold, j.pixel_threshold), (Some(0.2), Some(0.25)));
+        assert_eq!(j.bounds, Some((0.0, 0.4)));
+        let rec = make_record(Path::new("x.png"), 0.3, &j, (5, 6)).unwrap();
+        assert_eq!(rec.anomalous, Some(true));
+        assert!((rec.normalised_score.unwrap() - 0.75).abs() < 1e-12);
+        // class b has no own threshold: the global one, pixel threshold = image threshold
+        let j = judge(&s, None, Some("b"), None).unwrap();
+        assert_eq!((j.threshold, j.pixel_threshold), (Some(0.3), Some(0.3)));
+        // unknown class: no verdict
+        let far = recognise(s.recognition.as_ref().unwrap(), &[-0.6, -0.8]).unwrap();
+        let j = judge(&s, Some(("a", &far)), None, None).unwrap();
+        assert_eq!((j.threshold, j.unknown_class), (None, true));
+        // untrained class and bad thresholds refused
+        assert!(judge(&s, None, Some("c"), None).is_err());
+        assert!(judge(&s, None, None, Some(f64::NAN)).is_err());
+        let bare = sidecar(None, None);
+        assert!(check_class(&bare, "a", None).is_err());
+        assert!(check_class(&bare, "a", Some(0.1)).is_ok());
+        assert!(make_record(Path::new("x"), f64::INFINITY, &j, (1, 1)).is_err());
+    }
+
+    #[test]
+    fn sidecar_path_and_checks() {
+        assert_eq!(
+            crate::sidecar::sidecar_path(Path::new("d/model.onnx")),
+            Path::new("d/model.onnx.json")
+        );
+        let mut s = sidecar(Some(bank()), None);
+        assert!(s.check().is_ok());
+        s.recognition.as_mut().unwrap().labels = vec![0, 2];
+        assert!(s.check().is_err());
+        let mut s = sidecar(None, None);
+        s.version = crate::sidecar::VERSION + 1;
+        assert!(s.check().unwrap_err().to_string().contains("newer"));
+    }
+}
