@@ -60,9 +60,12 @@ impl Session {
     /// has the checksum the sidecar records.
     ///
     /// # Errors
-    /// A missing or invalid sidecar, a model file that does not match it (altered or another
+    /// A missing model file, a missing or invalid sidecar, a model file that does not match it (altered or another
     /// export), a model tract cannot load.
     pub fn load(model: &Path) -> Result<Self> {
+        if !model.is_file() {
+            bail!("{}: no such ONNX file", model.display());
+        }
         let sc_path = sidecar_path(model);
         let sidecar = Sidecar::read(&sc_path)?;
         let found = sha256_file(model)?;
