@@ -66,6 +66,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// HTTP inference service: JSON scores, overlay/mask PNGs, metrics, OpenAPI, a web page.
     Serve(ServeArgs),
+    /// Export a run's model as ONNX (whole inference graph) plus a sidecar JSON, for ONNX
+    /// Runtime, OpenVINO, TensorRT, tract or `omniad-lite`.
+    Export(ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -330,10 +333,33 @@ fn calibrate_cmd(a: CalibrateArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
-struct PredictArgs {
+struct ExportArgs {
     /// Run folder (with model.json).
     #[arg(long)]
     run: PathBuf,
+    /// Export format; only `onnx`.
+    #[arg(long, default_value = "onnx")]
+    format: String,
+    /// The ONNX file to write; the sidecar is written beside it as `<out>.json`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Batch axis: `dynamic` or a fixed size.
+    #[arg(long, default_value = "dynamic")]
+    batch: omniad_onnx::Batch,
+    /// Input size `H` (square) or `HxW` in pixels (default: the run's); multiples of 32.
+    #[arg(long)]
+    image_size: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    /// Run folder (with model.json).
+    #[arg(long, required_unless_present = "onnx", conflicts_with = "onnx")]
+    run: Option<PathBuf>,
+    /// An exported model (`omniad export`, its sidecar beside it): score through tract, without
+    /// libtorch, with the same preprocessing and JSON lines (no --out pictures).
+    #[arg(long)]
+    onnx: Option<PathBuf>,
     /// Image files or folders.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -570,7 +596,95 @@ fn run(cmd: Command) -> Result<()> {
         Command::Info(a) => info_cmd(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve_cmd(a),
+        Command::Export(a) => export_cmd(a),
     }
+}
+
+/// `H` or `HxW`.
+fn parse_image_size(s: &str) -> Result<(u32, u32)> {
+    let bad =
+        || anyhow::anyhow!("--image-size {s:?}: expected H or HxW in pixels, e.g. 256 or 256x320");
+    let parts: Vec<&str> = s.split(['x', 'X']).collect();
+    let num = |p: &str| p.trim().parse::<u32>().map_err(|_| bad());
+    match parts.as_slice() {
+        [a] => {
+            let v = num(a)?;
+            Ok((v, v))
+        }
+        [a, b] => Ok((num(a)?, num(b)?)),
+        _ => Err(bad()),
+    }
+}
+
+fn export_cmd(a: ExportArgs) -> Result<()> {
+    if !a.format.eq_ignore_ascii_case("onnx") {
+        bail!("--format {:?}: only `onnx` is supported", a.format);
+    }
+    let image_size = a.image_size.as_deref().map(parse_image_size).transpose()?;
+    let ckpt = omniad_pipeline::runs::checkpoint_of(&a.run)?;
+    let opts = omniad_onnx::ExportOptions {
+        batch: a.batch,
+        image_size,
+    };
+    let r = omniad_onnx::export_checkpoint(&ckpt, &a.out, &opts)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": r.model.to_string_lossy(),
+            "sidecar": r.sidecar.to_string_lossy(),
+            "bytes": r.bytes,
+            "nodes": r.nodes,
+            "opset": r.sidecar_content.opset,
+            "model_sha256": r.sidecar_content.model_sha256,
+        })
+    );
+    Ok(())
+}
+
+/// `predict --onnx`: the exported model through tract (see `omniad_lite`).
+fn predict_onnx(a: PredictArgs, model: PathBuf) -> Result<()> {
+    if a.out.is_some() {
+        bail!("--out (overlay and mask pictures) is not available with --onnx; drop one of them");
+    }
+    if a.device != ComputeDevice::Cpu {
+        bail!("--onnx runs on the CPU (tract); drop --device");
+    }
+    let (inputs, unreadable) = collect_inputs_reporting(&a.paths)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = unreadable.len();
+    for f in unreadable {
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::to_string(&PredictOutcome::Failed(f))?
+        )
+        .context("cannot write to stdout")?;
+    }
+    let mut scored = 0usize;
+    if !inputs.is_empty() {
+        let session = omniad_lite::Session::load(&model)?;
+        let opts = omniad_lite::predict::Options {
+            class: a.class,
+            threshold: a.threshold,
+            batch_size: a.batch_size as usize,
+        };
+        omniad_lite::predict::predict(&session, &inputs, &opts, |o| {
+            match o {
+                omniad_lite::predict::Outcome::Scored(_) => scored += 1,
+                omniad_lite::predict::Outcome::Failed(_) => failed += 1,
+            }
+            writeln!(stdout, "{}", serde_json::to_string(o)?).context("cannot write to stdout")?;
+            Ok(())
+        })?;
+    }
+    if failed == 0 {
+        eprintln!("predict: {scored} scored, 0 failed");
+        return Ok(());
+    }
+    eprintln!(
+        "predict: {scored} scored, {failed} failed (their lines on stdout have an \"error\")"
+    );
+    Err(Reported.into())
 }
 
 fn serve_cmd(a: ServeArgs) -> Result<()> {
@@ -1105,6 +1219,14 @@ fn report_cmd(a: ReportArgs) -> Result<()> {
 }
 
 fn predict_cmd(a: PredictArgs) -> Result<()> {
+    let run = match (&a.run, &a.onnx) {
+        (_, Some(model)) => {
+            let model = model.clone();
+            return predict_onnx(a, model);
+        }
+        (Some(run), None) => run.clone(),
+        (None, None) => bail!("give --run RUN or --onnx MODEL"),
+    };
     let (inputs, unreadable) = collect_inputs_reporting(&a.paths)?;
     let opts = PredictOptions {
         threshold: a.threshold,
@@ -1129,7 +1251,7 @@ fn predict_cmd(a: PredictArgs) -> Result<()> {
         eprintln!("predict: 0 scored, {failed} failed (their lines on stdout have an \"error\")");
         return Err(Reported.into());
     }
-    predict_run(&a.run, &inputs, a.device, &opts, |outcome| {
+    predict_run(&run, &inputs, a.device, &opts, |outcome| {
         match outcome {
             PredictOutcome::Scored(_) => scored += 1,
             PredictOutcome::Failed(_) => failed += 1,
