@@ -30,6 +30,13 @@ Weights, one of:
   to float16 and back (libtorch's CPU generator: tch's ``manual_seed`` + ``Tensor::randn`` give the
   same numbers); ``sum`` is the float64 sum of the rounded tensor, to check a regenerated one.
 
+Gradients are the true derivative of the loss: ``refpatch``'s ``cpu_norm_grad_fix`` is on, which
+sidesteps a PyTorch CPU defect that the reference hits at batch 1 (see ``batch1_identity.py``; the
+forward pass is unchanged, and at batch >= 2 the fix changes nothing). ``--no-cpu-norm-grad-fix``
+runs the reference as it is (the shared ``parity-batches/b1s128`` fixture was made that way).
+``--write-differing FILE`` (with ``--compare``) writes the gradients that differ from the compared
+fixture's by more than their tolerance to FILE and prints their names.
+
 Example (the shared ``parity-batches/b1s128`` fixture, input taken from it):
 
     python bench/make_parity_fixtures.py --ref OMNI_AD_TREE --out OUT --tag b1s128 \\
@@ -212,8 +219,10 @@ def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
 
 
-def compare(prefix: str, expected: dict, meta: dict):
-    """Prints how far the new fixture is from an existing one (``PREFIX_expected.safetensors``)."""
+def compare(prefix: str, expected: dict, meta: dict, differing_file=None):
+    """Prints how far the new fixture is from an existing one (``PREFIX_expected.safetensors``);
+    with ``differing_file``, writes there the new gradients that differ from the old ones by more
+    than their tolerance."""
     old = load_file(prefix + "_expected.safetensors")
     old_meta = json.loads(Path(prefix + "_meta.json").read_text())
     print(f"\ncomparison with {Path(prefix).name}:")
@@ -239,6 +248,18 @@ def compare(prefix: str, expected: dict, meta: dict):
     )
     print(f"  num_params_total: new {meta['num_params_total']}, old {old_meta.get('num_params_total')}")
     print(f"  worst relative difference (tensors, grads with norm > 1e-6): {worst:.2e}")
+    if differing_file:
+        differing = {}
+        for k, v in old.items():
+            tol = tol_new.get(k, 1e-3)
+            if k.startswith("grad.") and tol is not None and k in expected:
+                r = float((expected[k].double() - v.double()).norm() / v.double().norm().clamp_min(1e-30))
+                if r > tol:
+                    differing[k] = expected[k].float().contiguous()
+        path = Path(differing_file)
+        atomic_write(path, lambda p: save_file(differing, str(p)))
+        print(f"  {len(differing)} gradients differ by more than their tolerance, written to {path}:")
+        print(json.dumps(sorted(differing)))
 
 
 def main():
@@ -267,6 +288,13 @@ def main():
         "another fixture checks the teacher)",
     )
     ap.add_argument("--compare", help="PREFIX of an existing fixture to compare with (prints)")
+    ap.add_argument("--write-differing", help="with --compare: write the differing gradients here")
+    ap.add_argument(
+        "--no-cpu-norm-grad-fix",
+        dest="cpu_norm_grad_fix",
+        action="store_false",
+        help="run the reference's backward as it is (batch 1: not the loss's derivative on CPU)",
+    )
     args = ap.parse_args()
 
     depths = parse_depths(args.depths)
@@ -279,7 +307,11 @@ def main():
     out_dir.mkdir(parents=True, exist_ok=True)
 
     om = refpatch.load_reference(
-        args.ref, num_tokens=args.num_tokens, branches=args.branches, attention=args.attention
+        args.ref,
+        num_tokens=args.num_tokens,
+        branches=args.branches,
+        attention=args.attention,
+        cpu_norm_grad_fix=args.cpu_norm_grad_fix,
     )
     skeleton = refpatch.build_model(om, depths)
 
@@ -360,6 +392,7 @@ def main():
         "branches": args.branches,
         "attention": args.attention,
         "jitter_scale": 0.0,
+        "cpu_norm_grad_fix": args.cpu_norm_grad_fix,
         "input_seed": None if args.input_from else args.seed,
         "omitted": omitted,
         "num_params_total": n_params,
@@ -391,7 +424,7 @@ def main():
         f"tolerance {min(tol_vals):.1e}..{max(tol_vals):.1e}, {n_params} parameters"
     )
     if args.compare:
-        compare(args.compare, expected, meta)
+        compare(args.compare, expected, meta, args.write_differing)
 
 
 if __name__ == "__main__":
