@@ -16,8 +16,10 @@ Output in ``--out``, all written atomically (meta last):
   ``grad_tolerance``: per gradient, ``max(1e-3, 4 x e)`` where ``e`` is the reference's own float32
   error against a float64 run of the same code and weights, ``||g32 - g64|| / ||g64||``, the worst of
   1 and 2 threads, or, where larger, how far its float32 gradient moves when the outputs of the
-  teacher and of every leaf module of the neck and decoder are multiplied by ``1 + eps x randn``
-  (``--perturb-eps``, default 1e-7, worst of 2 seeds; 0 = the float32-vs-float64 rule alone):
+  teacher (alone, and with those of every leaf module of the neck and decoder) are multiplied by
+  ``1 + eps x randn`` (``--perturb-eps``, default 1e-7, worst of 2 seeds and both kinds; 0 = the
+  float32-vs-float64 rule alone; a ReLU input within 1e-7 of zero flips with some perturbations
+  and not with others):
   another float32 implementation rounds differently by about that much (omniad folds BatchNorm
   into the teacher's convolutions and fuses the attention), and the neck's train-mode BatchNorm +
   ReLU over a few pixels turns it into a 1e-2 change of the neck's gradients at batch 1, while
@@ -166,9 +168,9 @@ def anomaly_maps(ft, fs, size):
 
 def run_reference(om, depths, weights, x, dtype, threads, perturb=None):
     """Eval outputs and one train-mode step of the patched reference in ``dtype``. ``perturb =
-    (eps, seed)``: in the train-mode step, the output of the teacher and of every leaf module of
-    the neck and the decoder is multiplied by ``1 + eps * randn`` (float32-sized changes, as
-    another implementation's rounding makes them)."""
+    (eps, seed, leaves)``: in the train-mode step, the teacher's output (and with ``leaves`` that
+    of every leaf module of the neck and the decoder) is multiplied by ``1 + eps * randn``
+    (float32-sized changes, as another implementation's rounding makes them)."""
     torch.set_num_threads(threads)
     net = refpatch.build_model(om, depths)
     refpatch.load_weights(net, weights, "the weights")
@@ -185,7 +187,7 @@ def run_reference(om, depths, weights, x, dtype, threads, perturb=None):
     out.update(anomaly_map_raw=raw, anomaly_map=amap, image_score=score)
     net.train()
     if perturb:
-        eps, seed = perturb
+        eps, seed, leaves = perturb
         gen = torch.Generator().manual_seed(seed)
 
         def jiggle(t):
@@ -200,7 +202,7 @@ def run_reference(om, depths, weights, x, dtype, threads, perturb=None):
 
         net.net_t.register_forward_hook(hook)
         for name, m in net.named_modules():
-            if name.startswith(("Neck", "net_s")) and not list(m.children()):
+            if leaves and name.startswith(("Neck", "net_s")) and not list(m.children()):
                 m.register_forward_hook(hook)
     ft, fs = net(xin)
     loss = om.refpatch_L2Loss()(ft, fs)
@@ -403,8 +405,12 @@ def main():
     _, g64, _ = results[(torch.float64, 1)]
     perturbed = []
     for seed in range(2 if args.perturb_eps > 0 else 0):
-        print(f"running the reference: float32, perturbed ({args.perturb_eps:g}, seed {seed})", flush=True)
-        perturbed.append(run_reference(om, depths, weights, x, torch.float32, 2, (args.perturb_eps, seed))[1])
+        for leaves in (False, True):
+            what = "teacher and every leaf module" if leaves else "teacher"
+            print(f"running the reference: float32, {what} perturbed ({args.perturb_eps:g}, seed {seed})", flush=True)
+            perturbed.append(
+                run_reference(om, depths, weights, x, torch.float32, 2, (args.perturb_eps, seed, leaves))[1]
+            )
     absent = [n for n in grad_names if n not in g32]
     if absent:
         die(f"no gradient for {absent[:5]}")
@@ -459,9 +465,9 @@ def main():
         "grad_tolerance_note": (
             "per gradient tensor: max(1e-3, 4 x e), e = the larger of the reference's own float32 "
             "error against float64 (worst of 1 and 2 threads) and, when perturbation > 0, how "
-            "far its float32 gradient moves when the outputs of the teacher and of every leaf "
-            "module of the neck and decoder are multiplied by 1 + perturbation x randn (worst of "
-            "2 seeds: the rounding of another float32 implementation; the neck's train-mode "
+            "far its float32 gradient moves when the outputs of the teacher (alone, and with those "
+            "of every leaf module of the neck and decoder) are multiplied by 1 + perturbation x "
+            "randn (worst of 2 seeds: the rounding of another float32 implementation; the neck's train-mode "
             "BatchNorm + ReLU over a few pixels turns it into a 1e-2 change of its gradients, and "
             "near-cancelling attention gradients move by far more than 1e-3); all relative to the "
             "float64 norm; null = analytically zero (float64 norm <= 1e-9 x the largest), only "
