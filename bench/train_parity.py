@@ -197,9 +197,12 @@ def main():
     images = [load_image(p, args.size) for p in paths]
     om = refpatch.load_reference(args.ref, jitter_scale=0.0)
     ref32, sd32 = reference_train(om, args, init, teacher, images, orders, torch.float32)
+    save_file({k: v.float().contiguous() for k, v in sd32.items()}, str(work / "reference_f32.safetensors"))
     ref64, sd64 = (None, None)
     if not args.no_f64:
         ref64, sd64 = reference_train(om, args, init, teacher, images, orders, torch.float64)
+        save_file({k: v.contiguous() for k, v in sd64.items()}, str(work / "reference_f64.safetensors"))
+    (work / "losses.json").write_text(json.dumps({"omniad": ours, "reference_f32": ref32, "reference_f64": ref64}))
 
     print("\n| step | omniad loss | reference loss (f32) | rel. diff | reference f32 vs f64 |")
     print("|---|---|---|---|---|")
