@@ -23,7 +23,7 @@ feature jitter off:
 5. prints per-step losses and, per parameter tensor, ||omniad - ref|| / ||ref|| of the final
    weights next to the reference's float32-vs-float64 drift.
 
-    python bench/train_parity.py --ref OMNI_AD_TREE --omniad TARGET/omniad --work /tmp/tp
+    python bench/train_parity.py --ref OMNI_AD_TREE --omniad TARGET/omniad --work WORK_DIR
 
 Run from the repository root (for `cargo run --example train_order`). Not run by CI.
 """
