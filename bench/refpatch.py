@@ -16,6 +16,17 @@ Patches (all by replacing attributes of the imported ``model.omniad`` module at 
 * ``branches="global_only"`` / ``"local_only"``: ``conv33``/``conv55``/``mlp`` resp. ``toProxy`` are
   replaced by parameter-free modules whose contribution is exactly zero (omniad ``Branches``).
 * ``jitter_scale``: the feature-jitter scale while training (the reference hard-codes 20); 0 = off.
+* ``cpu_norm_grad_fix``: works around a PyTorch CPU defect that the reference hits at batch 1 only
+  (``batch1_identity.py`` demonstrates it): every ``nn.InstanceNorm2d`` output passes its incoming
+  gradient on made contiguous. ``F.instance_norm`` runs ``batch_norm`` on
+  ``input.contiguous().view(1, B*C, H, W)``; at B = 1 the backward of that view turns a
+  channels-last gradient (the reference permutes NHWC <-> NCHW around its norms) into one whose
+  size-1 batch axis has stride C, for which ``suggest_memory_format()`` answers "contiguous"; the
+  CPU ``batch_norm_backward`` fast path (its guard compares the two suggested formats) then reads
+  that channels-last memory as NCHW, i.e. a gradient with channels and pixels shuffled. At B >= 2
+  the view cannot be formed and autograd copies the gradient to NCHW first, so nothing goes
+  wrong. The forward pass is unchanged; the gradients become the true derivative of the loss.
+  ``om.refpatch_settings["cpu_norm_grad_fix"]`` may be flipped at run time.
 
 Needs: torch, timm, einops, tensorboardX (imported by the reference's util), torchvision.
 """
@@ -48,12 +59,26 @@ class _ZeroHalf(nn.Module):
         return torch.zeros_like(x[:, : x.shape[1] // 2])
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (NCHW); see
+    ``cpu_norm_grad_fix``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def load_reference(
     ref_dir,
     num_tokens: int = 64,
     branches: str = "both",
     attention: str = "learnable_tokens",
     jitter_scale: float = 0.0,
+    cpu_norm_grad_fix: bool = False,
 ):
     """Imports ``model.omniad`` from the reference work tree ``ref_dir`` and patches it (see the
     module docs). Returns the patched module. One configuration per process."""
@@ -152,8 +177,19 @@ def load_reference(
         return ref_jitter(feature_tokens, scale=s, prob=prob) if s else feature_tokens
 
     om.add_jitter = add_jitter
+    ref_norm_forward = nn.InstanceNorm2d.forward
+
+    def norm_forward(self, x):
+        out = ref_norm_forward(self, x)
+        return _ContiguousGrad.apply(out) if om.refpatch_settings["cpu_norm_grad_fix"] else out
+
+    nn.InstanceNorm2d.forward = norm_forward
     om.refpatch_settings = dict(
-        num_tokens=num_tokens, branches=branches, attention=attention, jitter_scale=jitter_scale
+        num_tokens=num_tokens,
+        branches=branches,
+        attention=attention,
+        jitter_scale=jitter_scale,
+        cpu_norm_grad_fix=cpu_norm_grad_fix,
     )
     return om
 

@@ -24,17 +24,30 @@ const GROUP_NORM_MIN_PIXELS: i64 = 32 * 32;
 /// Measured on 2 CPU cores, batch 16, forward + backward: 1.6x faster at 64x64x64, 1.1x at
 /// 32x32x128, but 0.8x at 16x16x256, hence the size switch.
 ///
+/// Below the switch the instance norm runs on `[B, C, H*W]`, not `[B, C, H, W]` (the same
+/// numbers): libtorch's instance norm is a batch norm of `input.contiguous().view(1, B*C, ...)`,
+/// and at B = 1 the backward of that view hands the CPU batch-norm backward a channels-last
+/// gradient (the decoder permutes its output to `[B, H, W, C]`) whose size-1 batch axis has
+/// stride C. `suggest_memory_format()` then calls it NCHW like the input, and the kernel's fast
+/// path reads its memory as NCHW: a wrong gradient (issue 12; the reference hits the same
+/// defect, see `bench/batch1_identity.py`). A 3-D gradient is never taken for NCHW or
+/// channels-last, so libtorch reads it through its strides; at B >= 2 the view needs a copy to
+/// NCHW anyway.
+///
 /// Under bfloat16 on the CPU ([`precision::norm_keeps_low`]) the input stays bfloat16: libtorch's
 /// instance-norm kernel computes the statistics in float32 and rounds only its output, measured
-/// 2-4x faster than casting to float32 first (the group-norm kernel is slow in bfloat16).
+/// 2-4x faster than casting to float32 first (the group-norm kernel is slow in bfloat16), so
+/// it takes the `[B, C, H*W]` instance norm at every size.
 fn instance_norm(x: &Tensor) -> Tensor {
-    if precision::norm_keeps_low(x) {
-        return x.instance_norm::<Tensor>(None, None, None, None, true, 0.1, 1e-5, false);
-    }
-    let x = &full(x);
+    let keep_low = precision::norm_keeps_low(x);
+    let x = &if keep_low { x.shallow_clone() } else { full(x) };
     let s = x.size();
-    if s.len() == 4 && s[2] * s[3] >= GROUP_NORM_MIN_PIXELS {
+    if !keep_low && s.len() == 4 && s[2] * s[3] >= GROUP_NORM_MIN_PIXELS {
         x.group_norm::<Tensor>(s[1], None, None, 1e-5, false)
+    } else if s.len() == 4 {
+        x.reshape([s[0], s[1], s[2] * s[3]])
+            .instance_norm::<Tensor>(None, None, None, None, true, 0.1, 1e-5, false)
+            .reshape(s.as_slice())
     } else {
         x.instance_norm::<Tensor>(None, None, None, None, true, 0.1, 1e-5, false)
     }
@@ -453,33 +466,47 @@ mod tests {
 
     /// Value and input gradient of [`instance_norm`] equal the formula's, on channels-last
     /// inputs as the decoder makes them, at every batch size and on both sides of the
-    /// group-norm switch.
+    /// group-norm switch; the incoming gradient is NCHW-contiguous or, as in the decoder (the
+    /// output is permuted to `[B, H, W, C]` before the next linear layer), channels-last, which
+    /// at batch 1 used to reach libtorch's CPU batch-norm backward as a tensor it misreads
+    /// (issue 12).
     #[test]
     fn instance_norm_matches_formula_with_gradients() {
         tch::manual_seed(0);
-        for (b, side, c) in [(1, 32, 16), (2, 32, 16), (1, 8, 16), (3, 32, 8)] {
+        for (b, side, c) in [
+            (1, 32, 16),
+            (2, 32, 16),
+            (1, 8, 16),
+            (3, 32, 8),
+            (1, 16, 32),
+        ] {
             let base = Tensor::randn([b, side, side, c], (Kind::Double, Device::Cpu));
             let up = Tensor::randn([b, c, side, side], (Kind::Double, Device::Cpu));
-            let grads = |f: &dyn Fn(&Tensor) -> Tensor| {
-                let x = base.to_kind(Kind::Float).detach().set_requires_grad(true);
-                // [B, H, W, C] -> [B, C, H, W] view, channels-last in memory.
-                let y = f(&x.permute([0, 3, 1, 2]));
-                (&y * up.to_kind(Kind::Float)).sum(Kind::Float).backward();
-                (y.detach(), x.grad())
-            };
-            let (y, g) = grads(&|x| instance_norm(x).silu());
-            let (y_ref, g_ref) = grads(&|x| instance_norm_formula(x).silu());
-            let dy = (&y - &y_ref).abs().max().double_value(&[]);
-            let dg =
-                (&g - &g_ref).abs().max().double_value(&[]) / g_ref.abs().max().double_value(&[]);
-            assert!(
-                dy < 1e-4,
-                "batch {b}, {side}x{side}x{c}: value differs by {dy}"
-            );
-            assert!(
-                dg < 1e-4,
-                "batch {b}, {side}x{side}x{c}: gradient differs by {dg} (relative)"
-            );
+            for nhwc_grad in [false, true] {
+                let grads = |f: &dyn Fn(&Tensor) -> Tensor| {
+                    let x = base.to_kind(Kind::Float).detach().set_requires_grad(true);
+                    // [B, H, W, C] -> [B, C, H, W] view, channels-last in memory.
+                    let y = f(&x.permute([0, 3, 1, 2]));
+                    let up = up.to_kind(Kind::Float);
+                    let loss = if nhwc_grad {
+                        // The gradient of y is `up` channels-last, as in the decoder.
+                        let up_nhwc = up.permute([0, 2, 3, 1]).contiguous();
+                        (y.permute([0, 2, 3, 1]) * up_nhwc).sum(Kind::Float)
+                    } else {
+                        (&y * up).sum(Kind::Float)
+                    };
+                    loss.backward();
+                    (y.detach(), x.grad())
+                };
+                let (y, g) = grads(&|x| instance_norm(x).silu());
+                let (y_ref, g_ref) = grads(&|x| instance_norm_formula(x).silu());
+                let dy = (&y - &y_ref).abs().max().double_value(&[]);
+                let dg = (&g - &g_ref).abs().max().double_value(&[])
+                    / g_ref.abs().max().double_value(&[]);
+                let what = format!("batch {b}, {side}x{side}x{c}, NHWC gradient {nhwc_grad}");
+                assert!(dy < 1e-4, "{what}: value differs by {dy}");
+                assert!(dg < 1e-4, "{what}: gradient differs by {dg} (relative)");
+            }
         }
     }
 }
