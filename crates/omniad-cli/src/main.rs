@@ -649,6 +649,9 @@ fn predict_onnx(a: PredictArgs, model: PathBuf) -> Result<()> {
     if a.device != ComputeDevice::Cpu {
         bail!("--onnx runs on the CPU (tract); drop --device");
     }
+    if a.precision != Precision::F32 {
+        bail!("--onnx runs the exported float32 graph; drop --precision");
+    }
     let (inputs, unreadable) = collect_inputs_reporting(&a.paths)?;
     let mut stdout = std::io::stdout().lock();
     let mut failed = unreadable.len();

@@ -121,6 +121,18 @@ fn export_then_predict_onnx_matches_predict_run() {
         ],
         &["--out", "--onnx"],
     );
+    // so is a precision other than the graph's float32
+    fails(
+        &[
+            "predict",
+            "--onnx",
+            p(&model),
+            "--precision",
+            "bf16",
+            p(&imgs),
+        ],
+        &["--onnx", "--precision"],
+    );
 }
 
 #[test]
