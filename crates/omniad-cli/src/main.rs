@@ -680,14 +680,7 @@ fn predict_onnx(a: PredictArgs, model: PathBuf) -> Result<()> {
             Ok(())
         })?;
     }
-    if failed == 0 {
-        eprintln!("predict: {scored} scored, 0 failed");
-        return Ok(());
-    }
-    eprintln!(
-        "predict: {scored} scored, {failed} failed (their lines on stdout have an \"error\")"
-    );
-    Err(Reported.into())
+    predict_summary(scored, failed)
 }
 
 fn serve_cmd(a: ServeArgs) -> Result<()> {
@@ -1263,6 +1256,12 @@ fn predict_cmd(a: PredictArgs) -> Result<()> {
             .context("cannot write to stdout")?;
         Ok(())
     })?;
+    predict_summary(scored, failed)
+}
+
+/// The last line of `predict` (with `--run` or `--onnx`) on stderr; status 1 when an image failed
+/// (its line on stdout has an `error`).
+fn predict_summary(scored: usize, failed: usize) -> Result<()> {
     if failed == 0 {
         eprintln!("predict: {scored} scored, 0 failed");
         return Ok(());
