@@ -339,46 +339,7 @@ impl Emitter {
             while self.has(&format!("{p}layer{layer}.{b}.conv1.weight")) {
                 let stride = if b == 0 && layer > 1 { 2 } else { 1 };
                 let bp = format!("{p}layer{layer}.{b}.");
-                let bottleneck = self.has(&format!("{bp}conv3.weight"));
-                let cb = |e: &mut Self, x: &Fm, n: &str, s: i64, pad: i64| {
-                    e.conv_bn(
-                        x,
-                        &format!("{bp}conv{n}"),
-                        &format!("{bp}bn{n}"),
-                        TORCH_BN_EPS,
-                        s,
-                        Padding::Sym(pad),
-                        1,
-                        false,
-                    )
-                };
-                let out = if bottleneck {
-                    let a = cb(self, &y, "1", 1, 0)?;
-                    let a = self.unary("Relu", &a);
-                    let a = cb(self, &a, "2", stride, 1)?;
-                    let a = self.unary("Relu", &a);
-                    cb(self, &a, "3", 1, 0)?
-                } else {
-                    let a = cb(self, &y, "1", stride, 1)?;
-                    let a = self.unary("Relu", &a);
-                    cb(self, &a, "2", 1, 1)?
-                };
-                let shortcut = if self.has(&format!("{bp}downsample.0.weight")) {
-                    self.conv_bn(
-                        &y,
-                        &format!("{bp}downsample.0"),
-                        &format!("{bp}downsample.1"),
-                        TORCH_BN_EPS,
-                        stride,
-                        Padding::Sym(0),
-                        1,
-                        false,
-                    )?
-                } else {
-                    y.clone()
-                };
-                let s = self.add(&out, &shortcut);
-                y = self.unary("Relu", &s);
+                y = self.residual_block(&y, &bp, stride)?;
                 b += 1;
             }
             if b == 0 {
@@ -389,6 +350,52 @@ impl Emitter {
             feats.push(y.clone());
         }
         Ok(feats)
+    }
+
+    /// A torchvision residual block in eval mode (the ResNet teachers' `BasicBlock` /
+    /// `Bottleneck`, and the neck's `bn_layer` Bottlenecks): the conv + folded-BN chain under
+    /// `bp` (a prefix ending in `.`; a `conv3` makes it a Bottleneck, whose 3x3 conv has the
+    /// stride), ReLUs between, plus the input or its `downsample` conv + BN, then ReLU.
+    fn residual_block(&mut self, x: &Fm, bp: &str, stride: i64) -> Result<Fm> {
+        let cb = |e: &mut Self, x: &Fm, n: &str, s: i64, pad: i64| {
+            e.conv_bn(
+                x,
+                &format!("{bp}conv{n}"),
+                &format!("{bp}bn{n}"),
+                TORCH_BN_EPS,
+                s,
+                Padding::Sym(pad),
+                1,
+                false,
+            )
+        };
+        let out = if self.has(&format!("{bp}conv3.weight")) {
+            let a = cb(self, x, "1", 1, 0)?;
+            let a = self.unary("Relu", &a);
+            let a = cb(self, &a, "2", stride, 1)?;
+            let a = self.unary("Relu", &a);
+            cb(self, &a, "3", 1, 0)?
+        } else {
+            let a = cb(self, x, "1", stride, 1)?;
+            let a = self.unary("Relu", &a);
+            cb(self, &a, "2", 1, 1)?
+        };
+        let shortcut = if self.has(&format!("{bp}downsample.0.weight")) {
+            self.conv_bn(
+                x,
+                &format!("{bp}downsample.0"),
+                &format!("{bp}downsample.1"),
+                TORCH_BN_EPS,
+                stride,
+                Padding::Sym(0),
+                1,
+                false,
+            )?
+        } else {
+            x.clone()
+        };
+        let sum = self.add(&out, &shortcut);
+        Ok(self.unary("Relu", &sum))
     }
 
     // ----- neck ----------------------------------------------------------------------------
@@ -417,41 +424,8 @@ impl Emitter {
         let s = self.add(&a, &b);
         let mut s = cbr(self, &s, "convf", "bnf", 1, 0, true)?;
         for i in 0..3 {
-            let bp = format!("{n}.bn_layer.{i}");
             let stride = if i == 0 { 2 } else { 1 };
-            let c = |e: &mut Self, x: &Fm, k: &str, st: i64, pad: i64| {
-                e.conv_bn(
-                    x,
-                    &format!("{bp}.conv{k}"),
-                    &format!("{bp}.bn{k}"),
-                    TORCH_BN_EPS,
-                    st,
-                    Padding::Sym(pad),
-                    1,
-                    false,
-                )
-            };
-            let y = c(self, &s, "1", 1, 0)?;
-            let y = self.unary("Relu", &y);
-            let y = c(self, &y, "2", stride, 1)?;
-            let y = self.unary("Relu", &y);
-            let y = c(self, &y, "3", 1, 0)?;
-            let shortcut = if self.has(&format!("{bp}.downsample.0.weight")) {
-                self.conv_bn(
-                    &s,
-                    &format!("{bp}.downsample.0"),
-                    &format!("{bp}.downsample.1"),
-                    TORCH_BN_EPS,
-                    stride,
-                    Padding::Sym(0),
-                    1,
-                    false,
-                )?
-            } else {
-                s.clone()
-            };
-            let sum = self.add(&y, &shortcut);
-            s = self.unary("Relu", &sum);
+            s = self.residual_block(&s, &format!("{n}.bn_layer.{i}."), stride)?;
         }
         Ok(s)
     }
